@@ -1,0 +1,62 @@
+"""Atomic writes and safe loads of checkpoints and JSON results.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from engine.checkpoint import save_json, load_json
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.json"
+    >>> save_json(path, {"accuracy": 0.5})
+    >>> load_json(path)
+    {'accuracy': 0.5}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or not one of ours."""
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    # Write beside the target, then rename: a crash leaves the old file or the new, never half.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # truncated or foreign files raise many different types
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
+
+
+def save_json(path: str | Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True).encode()
+    _atomic_write(Path(path), lambda handle: handle.write(text))
+
+
+def load_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

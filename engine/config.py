@@ -1,0 +1,262 @@
+"""One validated description of a training run.
+
+A `TrainConfig` is built from YAML (a file or a named preset), then dotted
+`key=value` overrides, and validated by pydantic. Every user mistake becomes a
+`ConfigError` whose message names the field, the bad value and what is allowed.
+
+Example:
+    >>> from engine.config import load_config
+    >>> cfg = load_config("default", ["sparsity.density=0.2", "epochs=3"])
+    >>> cfg.sparsity.density, cfg.epochs
+    (0.2, 3)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCORES = ("msp", "energy", "max_logit", "unknown", "dice")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake (the CLI turns it into exit code 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    suite: str = "digits"
+    root: str | None = None
+    known_classes: list[int] | None = None
+    val_fraction: float = Field(0.2, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    ood_val_fraction: float = Field(0.5, gt=0, lt=1)
+    split_seed: int = Field(0, ge=0)
+    image_size: int = Field(32, ge=4, le=1024)
+    channels: Literal[1, 3] = 3
+    far_ood_size: int = Field(360, ge=10)
+
+
+class ModelConfig(_Section):
+    name: str = "mlp"
+    width: int = Field(256, ge=1)
+    depth: int = Field(2, ge=1)
+
+
+class SparsityConfig(_Section):
+    method: Literal["dense", "static", "set", "rigl"] = "rigl"
+    density: float = Field(0.1, gt=0, le=1)
+    init: Literal["erk", "uniform"] = "erk"
+    update_interval: int = Field(80, ge=1)
+    drop_fraction: float = Field(0.3, ge=0, lt=1)
+    end_fraction: float = Field(0.7, gt=0, le=1)
+
+
+class MoonConfig(_Section):
+    enabled: bool = True
+    warmup_epochs: int = Field(5, ge=0)
+    init_factor: float = Field(64.0, gt=0)
+    alpha_final: float = Field(1.0, ge=0)
+    alpha_mode: Literal["auto", "fixed"] = "auto"
+    alpha: float = Field(1.0, ge=0)
+    ema_momentum: float = Field(0.05, gt=0, le=1)
+
+
+class VotingConfig(_Section):
+    mode: Literal["weights", "predictions", "off"] = "weights"
+    epochs: int = Field(20, ge=1)
+    snapshots_per_epoch: int = Field(1, ge=1)
+
+
+class OptimConfig(_Section):
+    lr: float = Field(0.12, gt=0)
+    lr_end: float = Field(0.008, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class EvalConfig(_Section):
+    scores: list[Literal["msp", "energy", "max_logit", "unknown", "dice"]] = Field(
+        default_factory=lambda: list(SCORES)
+    )
+    primary: Literal["msp", "energy", "max_logit", "unknown", "dice"] = "msp"
+    dice_percentile: float = Field(90.0, ge=0, lt=100)
+    ece_bins: int = Field(15, ge=2)
+
+
+class TrainConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    moon: MoonConfig = Field(default_factory=MoonConfig)
+    voting: VotingConfig = Field(default_factory=VotingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.moon.enabled and self.moon.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"moon.warmup_epochs ({self.moon.warmup_epochs}) must be less than "
+                f"epochs ({self.epochs})"
+            )
+        if self.moon.enabled and self.moon.alpha_mode == "auto" and self.moon.warmup_epochs < 1:
+            raise ValueError(
+                "moon.warmup_epochs: 0 is not allowed with moon.alpha_mode 'auto' (alpha_0 is "
+                "estimated during warm-up); use at least 1, or alpha_mode 'fixed'"
+            )
+        if self.voting.mode != "off" and self.voting.epochs > self.epochs:
+            raise ValueError(
+                f"voting.epochs ({self.voting.epochs}) must be at most epochs ({self.epochs})"
+            )
+        if self.eval.primary not in self.eval.scores:
+            raise ValueError(
+                f"eval.primary ({self.eval.primary!r}) must be one of eval.scores "
+                f"{self.eval.scores}"
+            )
+        if "unknown" in self.eval.scores and not self.moon.enabled:
+            # Without MOON there is no unknown output, so the score would be constant.
+            self.eval.scores = [s for s in self.eval.scores if s != "unknown"]
+            if self.eval.primary == "unknown":
+                raise ValueError("eval.primary 'unknown' needs moon.enabled: true")
+        return self
+
+    @property
+    def num_outputs_extra(self) -> int:
+        """1 when the head carries MOON's unknown output, else 0."""
+        return 1 if self.moon.enabled else 0
+
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "search_spaces" / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def resolve_source(source: str | Path | None) -> dict[str, Any]:
+    """Read a config file, or a preset by name; None means the preset `default`."""
+    if source is None:
+        source = "default"
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        return _read_yaml(path)
+    if str(source) in preset_names():
+        return _read_yaml(PRESET_DIR / f"{source}.yaml")
+    raise ConfigError(
+        f"no config file or preset named {str(source)!r}; presets: {', '.join(preset_names())}"
+    )
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    known = _known_keys(TrainConfig)
+    sections = {k.split(".")[0] for k in known if "." in k}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. sparsity.density=0.1")
+        if key not in known:
+            raise ConfigError(f"--set {key}: unknown setting; allowed: {', '.join(known)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is a section, not a value")
+            node = child
+        if leaf in sections and not parents:
+            raise ConfigError(f"--set {key}: {key!r} is a section; set one of its fields")
+        node[leaf] = value
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "config"
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown setting (check the spelling; see `moonsweep train --help`)"
+    if "input" in error and error["type"] != "missing" and not loc.endswith("config"):
+        return f"{loc}: {error['input']!r} is not allowed: {msg}"
+    return f"{loc}: {msg}"
+
+
+def validate_config(data: dict[str, Any]) -> TrainConfig:
+    """Validate a nested dict into a TrainConfig, or raise ConfigError naming the field."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+
+
+def load_config(
+    source: str | Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Load a preset or YAML file, apply `--set` overrides, validate."""
+    data = resolve_source(source)
+    apply_overrides(data, list(overrides or []))
+    config = validate_config(data)
+    _check_registered(config)
+    return config
+
+
+def _check_registered(config: TrainConfig) -> None:
+    # Imported here: the registries import torch-heavy modules that config itself does not need.
+    from engine.data import suites
+    from engine.models import models
+
+    if config.data.suite not in suites:
+        raise ConfigError(
+            f"data.suite: {config.data.suite!r} is not allowed; "
+            f"available: {', '.join(suites.names())}"
+        )
+    if config.model.name not in models:
+        raise ConfigError(
+            f"model.name: {config.model.name!r} is not allowed; "
+            f"available: {', '.join(models.names())}"
+        )
