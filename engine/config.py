@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,6 +140,24 @@ class TrainConfig(_Section):
         return 1 if self.moon.enabled else 0
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """Only true/false are booleans (YAML 1.2): `mode: off` must stay the string 'off'."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "search_spaces" / "presets"
 
 
@@ -148,7 +167,7 @@ def preset_names() -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except OSError as exc:
@@ -196,10 +215,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. sparsity.density=0.1")
+        if key in sections:
+            raise ConfigError(f"--set {key}: {key!r} is a section; set one of its fields")
         if key not in known:
             raise ConfigError(f"--set {key}: unknown setting; allowed: {', '.join(known)}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = data
@@ -209,20 +230,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} is a section, not a value")
             node = child
-        if leaf in sections and not parents:
-            raise ConfigError(f"--set {key}: {key!r} is a section; set one of its fields")
         node[leaf] = value
     return data
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "config"
-    msg = error["msg"]
+    loc = ".".join(str(p) for p in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule across fields: its message names them itself
+        return msg
     if error["type"] == "extra_forbidden":
         return f"{loc}: unknown setting (check the spelling; see `moonsweep train --help`)"
-    if "input" in error and error["type"] != "missing" and not loc.endswith("config"):
-        return f"{loc}: {error['input']!r} is not allowed: {msg}"
-    return f"{loc}: {msg}"
+    if error["type"] == "missing":
+        return f"{loc}: required"
+    return f"{loc}: {error['input']!r} is not allowed: {msg}"
 
 
 def validate_config(data: dict[str, Any]) -> TrainConfig:
