@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine:  `make run` (set up + main job), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.moonsweep-installed
+
+.PHONY: setup run test lint bench clean
+
+# Rebuilt when the dependencies change. pip takes torch/torchvision from the ranges in
+# pyproject.toml; on this project's machines pip's constraint file resolves them to the
+# locally stored 2.14.1 / 0.29.1 pair.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/moonsweep train
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/study.py
+
+clean:
+	rm -rf $(VENV) moonsweep-runs .pytest_cache
