@@ -106,61 +106,83 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-def train(cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train and evaluate one configuration; `on_epoch` receives each epoch's figures."""
-    device = resolve_device(cfg.device)
-    generator = seed_everything(cfg.seed)
-    suite = load_suite(cfg.data).to(device)
-    k = suite.num_classes
-    model = build_model(
-        cfg.model.name,
-        suite.input_shape,
-        k + cfg.num_outputs_extra,
-        cfg.model.width,
-        cfg.model.depth,
-    ).to(device)
-    sp = cfg.sparsity
-    masks = None
-    if sp.method != "dense":
-        masks = SparseMasks(model, sp.density, sp.init, sp.method, generator)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
-        weight_decay=cfg.optim.weight_decay,
-    )
+class Run:
+    """One training run, advanced an epoch at a time so it can be checkpointed and resumed.
 
-    x_train, y_train = suite.train.x, suite.train.y
-    n = len(y_train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    voting = cfg.voting.mode != "off"
-    avg_start_epoch = cfg.epochs - cfg.voting.epochs + 1 if voting else cfg.epochs + 1
-    avg_start_step = (avg_start_epoch - 1) * steps_per_epoch
-    # The mask freezes before averaging so the averaged weights keep exactly its zeros.
-    mask_stop_step = min(int(sp.end_fraction * total_steps), avg_start_step)
-    lr_at = LearningRate(cfg, avg_start_step if voting else total_steps)
-    alphas = AlphaSchedule(cfg.moon, cfg.epochs) if cfg.moon.enabled else None
-    voter = Voter(cfg.voting.mode) if voting else None
-    snap_at = set(snapshot_steps(steps_per_epoch, cfg.voting.snapshots_per_epoch))
+    `train()` below is the plain loop over it; sweeps call `train_epoch()` themselves,
+    report after each epoch and save `state_dict()` as the trial's checkpoint.
+    """
 
-    history: list[dict[str, float]] = []
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    def __init__(self, cfg: TrainConfig, suite: Suite | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.generator = seed_everything(cfg.seed)
+        self.suite = (suite or load_suite(cfg.data)).to(self.device)
+        k = self.suite.num_classes
+        self.model = build_model(
+            cfg.model.name,
+            self.suite.input_shape,
+            k + cfg.num_outputs_extra,
+            cfg.model.width,
+            cfg.model.depth,
+        ).to(self.device)
+        sp = cfg.sparsity
+        self.masks = None
+        if sp.method != "dense":
+            self.masks = SparseMasks(self.model, sp.density, sp.init, sp.method, self.generator)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        n = len(self.suite.train.y)
+        self.steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        voting = cfg.voting.mode != "off"
+        self.avg_start_epoch = cfg.epochs - cfg.voting.epochs + 1 if voting else cfg.epochs + 1
+        avg_start_step = (self.avg_start_epoch - 1) * self.steps_per_epoch
+        # The mask freezes before averaging so the averaged weights keep exactly its zeros.
+        self.mask_stop_step = min(int(sp.end_fraction * total_steps), avg_start_step)
+        self.lr_at = LearningRate(cfg, avg_start_step if voting else total_steps)
+        self.alphas = AlphaSchedule(cfg.moon, cfg.epochs) if cfg.moon.enabled else None
+        self.voter = Voter(cfg.voting.mode) if voting else None
+        self.snap_at = set(snapshot_steps(self.steps_per_epoch, cfg.voting.snapshots_per_epoch))
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    @property
+    def mask_frozen_epoch(self) -> int:
+        """The first epoch after which the topology no longer changes."""
+        return math.ceil(self.mask_stop_step / self.steps_per_epoch)
+
+    def train_epoch(self) -> dict[str, float]:
+        """Run the next epoch; returns its logged figures (one host sync, here)."""
+        cfg, sp, model, masks = self.cfg, self.cfg.sparsity, self.model, self.masks
+        self.epoch += 1
+        epoch = self.epoch
         started = time.perf_counter()
+        alphas = self.alphas
         alpha = alphas.alpha(epoch) if alphas else None
         warming = alphas is not None and alphas.in_warmup(epoch) and cfg.moon.alpha_mode == "auto"
+        x_train, y_train = self.suite.train.x, self.suite.train.y
+        n = len(y_train)
         model.train()
-        perm = torch.randperm(n, generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        perm = torch.randperm(n, generator=self.generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
         moved = 0
-        for i in range(steps_per_epoch):
+        for i in range(self.steps_per_epoch):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
-            lr = lr_at(step)
-            for group in optimizer.param_groups:
+            lr = self.lr_at(self.step)
+            for group in self.optimizer.param_groups:
                 group["lr"] = lr
             logits = model(xb)
             if alphas is not None:
@@ -169,26 +191,25 @@ def train(cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResul
                     alphas.observe(warmup_stat)
             else:
                 loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            step += 1
+            self.step += 1
             if masks is not None:
                 if (
                     sp.method != "static"
-                    and step % sp.update_interval == 0
-                    and step < mask_stop_step
+                    and self.step % sp.update_interval == 0
+                    and self.step < self.mask_stop_step
                 ):
-                    moved += masks.update(
-                        drop_fraction_at(step, sp.drop_fraction, mask_stop_step), optimizer
-                    )
+                    fraction = drop_fraction_at(self.step, sp.drop_fraction, self.mask_stop_step)
+                    moved += masks.update(fraction, self.optimizer)
                 masks.mask_grads_()
-            optimizer.step()
+            self.optimizer.step()
             if masks is not None:
                 masks.apply_()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
-            if voter is not None and epoch >= avg_start_epoch and i in snap_at:
-                voter.add(model)
+            if self.voter is not None and epoch >= self.avg_start_epoch and i in self.snap_at:
+                self.voter.add(model)
 
         train_loss = float(loss_sum) / n
         if not math.isfinite(train_loss):
@@ -197,17 +218,59 @@ def train(cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResul
             "epoch": epoch,
             "loss": train_loss,
             "train_accuracy": float(correct) / n,
-            "val_accuracy": _accuracy(model, suite.val.x, suite.val.y),
+            "val_accuracy": _accuracy(model, self.suite.val.x, self.suite.val.y),
             "alpha": 0.0 if alpha is None else alpha,
             "lr": lr,
             "density": 1.0 if masks is None else masks.global_density(),
             "mask_moved": moved,
             "seconds": time.perf_counter() - started,
         }
-        history.append(record)
+        self.history.append(record)
+        return record
+
+    def finish(self) -> TrainResult:
+        """Fold the votes and evaluate: the run's final models and metrics."""
+        x_train = self.suite.train.x
+        if self.voter is not None:
+            final = self.voter.finalize(self.model, x_train, self.cfg.batch_size)
+        else:
+            final = [self.model.eval()]
+        metrics = evaluate(final, self.suite, self.cfg, self.masks)
+        return TrainResult(self.cfg, metrics, self.history, final, self.masks, self.suite)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue after the last completed epoch (weights_only-loadable)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "masks": None if self.masks is None else self.masks.state_dict(),
+            "alphas": None if self.alphas is None else self.alphas.state_dict(),
+            "voter": None if self.voter is None else self.voter.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.masks is not None:
+            self.masks.load_state_dict(state["masks"])
+        if self.alphas is not None:
+            self.alphas.load_state_dict(state["alphas"])
+        if self.voter is not None:
+            self.voter.load_state_dict(state["voter"], self.model)
+        self.generator.set_state(state["generator"])
+        self.history = list(state["history"])
+
+
+def train(cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train and evaluate one configuration; `on_epoch` receives each epoch's figures."""
+    run = Run(cfg)
+    while not run.done:
+        record = run.train_epoch()
         if on_epoch is not None:
             on_epoch(record)
-
-    final = voter.finalize(model, x_train, cfg.batch_size) if voter else [model.eval()]
-    metrics = evaluate(final, suite, cfg, masks)
-    return TrainResult(cfg, metrics, history, final, masks, suite)
+    return run.finish()

@@ -94,3 +94,23 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "already holds a run" in result.output
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("voting", ["weights", "predictions"])
+def test_resumed_run_equals_uninterrupted(tmp_path: Path, small, voting: str) -> None:
+    from engine.checkpoint import save_checkpoint
+    from engine.train import Run
+
+    cfg = small(f"voting.mode={voting}", "sparsity.method=set")
+    whole = train(cfg)
+    first = Run(cfg)
+    for _ in range(cfg.epochs - 2):  # stop inside the averaging window
+        first.train_epoch()
+    save_checkpoint(tmp_path / "state.pt", first.state_dict())
+    second = Run(cfg)
+    second.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
+    while not second.done:
+        second.train_epoch()
+    resumed = second.finish()
+    assert resumed.metrics == whole.metrics
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
