@@ -186,8 +186,8 @@ class Run:
                 group["lr"] = lr
             logits = model(xb)
             if alphas is not None:
-                loss, warmup_stat = moon_loss(logits, yb, alpha)
-                if warming:
+                loss, warmup_stat = moon_loss(logits, yb, alpha, warmup_stat=warming)
+                if warmup_stat is not None:
                     alphas.observe(warmup_stat)
             else:
                 loss = F.cross_entropy(logits, yb)
@@ -203,9 +203,9 @@ class Run:
                     fraction = drop_fraction_at(self.step, sp.drop_fraction, self.mask_stop_step)
                     moved += masks.update(fraction, self.optimizer)
                 masks.mask_grads_()
+            # Masked gradients keep SGD's momentum, weight decay and update at exactly zero
+            # outside the mask, so the weights need no re-masking per step (tested).
             self.optimizer.step()
-            if masks is not None:
-                masks.apply_()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
             if self.voter is not None and epoch >= self.avg_start_epoch and i in self.snap_at:

@@ -42,11 +42,37 @@ def test_loss_matches_hand_computation() -> None:
 def test_warmup_is_plain_cross_entropy_and_statistic() -> None:
     torch.manual_seed(0)
     logits, labels = torch.randn(16, 5), torch.randint(0, 4, (16,))
-    loss, stat = moon_loss(logits, labels, None)
+    loss, stat = moon_loss(logits, labels, None, warmup_stat=True)
     assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
     p = logits.softmax(1)
     h = -p[torch.arange(16), labels].log()
     assert stat.item() == pytest.approx(((1 - p[:, -1]) * h).mean().item(), rel=1e-5)
+
+
+def _reference_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The formula of MOON.md section 1 written directly, differentiated by autograd."""
+    log_p = F.log_softmax(logits, 1)
+    h = -log_p.gather(1, targets[:, None]).squeeze(1)
+    p_u = log_p[:, -1].exp().clamp(max=1 - 1e-7)
+    c = (logits.argmax(1) == targets).float()
+    w = c + (1 - c) * (1 + alpha / (1 + alpha * p_u))
+    return (h * w).mean()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 5.0])
+def test_closed_form_gradient_matches_autograd(alpha: float) -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(32, 5, dtype=torch.float64) * 3
+    logits[:4, -1] = 40.0  # p_u clamped: no gradient through w there
+    targets = torch.randint(0, 4, (32,))
+    ours = logits.clone().requires_grad_()
+    ref = logits.clone().requires_grad_()
+    loss, _ = moon_loss(ours, targets, alpha)
+    expected = _reference_loss(ref, targets, alpha)
+    (3.0 * loss).backward()
+    (3.0 * expected).backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_gradient_flows_through_p_unknown() -> None:

@@ -95,7 +95,7 @@ def test_rigl_grows_where_gradient_is_largest() -> None:
 
 
 def _manual_sparse_training(method: str, steps: int = 60, interval: int = 5, stop: int = 40):
-    """The engine's step order (update, mask grads, step, mask weights) on real digits data."""
+    """The engine's step order (update, mask grads, step) on real digits data."""
     from engine.config import DataConfig
 
     suite = load_suite(DataConfig())
@@ -116,7 +116,6 @@ def _manual_sparse_training(method: str, steps: int = 60, interval: int = 5, sto
             masks.update(drop_fraction_at(step, 0.3, stop), opt)
         masks.mask_grads_()
         opt.step()
-        masks.apply_()
         changed = any(not torch.equal(before[n], masks.masks[n]) for n in before)
         changes.append((step, changed))
         for name, p in masks.params.items():
