@@ -86,6 +86,140 @@ def train(
     typer.echo(json.dumps(result.metrics, sort_keys=True))
 
 
+Opt = typer.Option
+
+
+@app.command()
+def run(
+    space: Annotated[str, Opt(help="Search space name or YAML file")] = "default",
+    name: Annotated[str | None, Opt(help="Sweep name (default: sweep-<time>)")] = None,
+    workdir: Annotated[
+        str | None, Opt(help="Work directory (default $MOONSWEEP_WORKDIR or ./moonsweep-runs)")
+    ] = None,
+    trials: Annotated[int | None, Opt(min=1, help="Searched trials (baselines extra)")] = None,
+    epochs: Annotated[int | None, Opt(min=1, help="Epochs per trial")] = None,
+    max_concurrent: Annotated[int | None, Opt(min=1, help="Trials at once")] = None,
+    address: Annotated[str | None, Opt(help="Ray cluster to join (default: embedded)")] = None,
+    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI")] = None,
+    storage: Annotated[str | None, Opt(help="Optuna storage URL")] = None,
+) -> None:
+    """Run a sweep: baselines, then Optuna's trials on Ray; tracked in MLflow."""
+    from sweep.orchestrator import SweepOptions, start_sweep
+
+    opts = SweepOptions(
+        space=space,
+        name=name,
+        workdir=workdir,
+        trials=trials,
+        epochs=epochs,
+        max_concurrent=max_concurrent,
+        address=address,
+        tracking_uri=tracking_uri,
+        storage=storage,
+    )
+    try:
+        summary = start_sweep(opts)
+    except ConfigError as exc:
+        fail(str(exc))
+    _print_summary(summary, workdir)
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="The sweep to continue")],
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+) -> None:
+    """Continue an interrupted sweep: same searcher, study and MLflow runs."""
+    from sweep.orchestrator import resume_sweep
+
+    try:
+        summary = resume_sweep(name, workdir)
+    except ConfigError as exc:
+        fail(str(exc))
+    _print_summary(summary, workdir)
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="The sweep")],
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """A table of the sweep's trials: state, arm, key params and metrics, linked ids."""
+    from sweep.orchestrator import load_state, quiet_libraries
+    from sweep.status import KEY_METRICS, format_table, trial_rows
+
+    quiet_libraries()
+    try:
+        state, folder = load_state(name, workdir)
+    except ConfigError as exc:
+        fail(str(exc))
+    rows = trial_rows(state)
+    if as_json:
+        typer.echo(json.dumps({"name": name, "status": state.status, "trials": rows}, indent=2))
+        return
+    typer.echo(f"sweep {name}: {state.status}, {len(rows)} trials, folder {folder}")
+    columns = ["trial", "arm", "state", "optuna", "method", "density", "alpha_mode"]
+    columns += ["alpha_final", "alpha", *KEY_METRICS, "mlflow_run_id"]
+    short = [{**r, **{k.split(".")[-1]: r[k] for k in r if "." in k}} for r in rows]
+    typer.echo(format_table(short, columns))
+
+
+@app.command()
+def replay(
+    name: Annotated[str, typer.Argument(help="The sweep")],
+    trial: Annotated[str, typer.Argument(help="Ray trial id, MLflow run id or Optuna number")],
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+) -> None:
+    """Re-train one trial with the engine alone (no Ray) and compare with the record."""
+    from sweep.orchestrator import load_state, quiet_libraries
+    from sweep.replay import replay as replay_trial
+
+    quiet_libraries()
+    try:
+        state, _ = load_state(name, workdir)
+        row, recorded, replayed = replay_trial(state, trial)
+    except ConfigError as exc:
+        fail(str(exc))
+    shared = sorted(set(recorded) & set(replayed))
+    worst = max((abs(recorded[k] - replayed[k]) for k in shared), default=0.0)
+    typer.echo(
+        f"replayed trial {row['trial']} ({row['arm']}): {len(shared)} metrics compared, "
+        f"largest difference {worst:.3g}",
+        err=True,
+    )
+    typer.echo(json.dumps(replayed, sort_keys=True))
+
+
+def _print_summary(summary: dict, workdir: str | None) -> None:
+    from sweep.orchestrator import load_state
+    from sweep.status import format_table, leaders, trial_rows
+    from sweep.tracking import mask_url
+
+    name = summary["name"]
+    state, folder = load_state(name, workdir)
+    if summary["status"] != "finished":
+        typer.echo(f"sweep {name} interrupted; continue with: moonsweep resume {name}", err=True)
+        raise typer.Exit(130)
+    rows = trial_rows(state)
+    objectives = [o["metric"] for o in state.space["objectives"]]
+    typer.echo(f"\nsweep {name} finished: {len(rows)} trials")
+    typer.echo(f"  folder  {folder}")
+    typer.echo(f"  mlflow  {mask_url(state.tracking_uri)}  (experiment moonsweep-{name})")
+    typer.echo(f"  optuna  {mask_url(state.storage_url)}  (study {name})")
+    if state.tracking_uri.startswith("sqlite"):
+        typer.echo(f"  browse  mlflow ui --backend-store-uri {state.tracking_uri} --host 127.0.0.1")
+    typer.echo("\nbaselines:")
+    base = [r for r in rows if r["arm"] != "search"]
+    typer.echo(format_table(base, ["arm", "state", *objectives, "density", "mlflow_run_id"]))
+    lead = leaders(state)
+    typer.echo("\nleading trials (Pareto front over the objectives, constraints met):")
+    if lead:
+        typer.echo(format_table(lead, ["optuna", "trial", *objectives]))
+    else:
+        typer.echo("  none finished")
+
+
 @app.command()
 def presets() -> None:
     """List the named training presets."""

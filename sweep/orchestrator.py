@@ -1,0 +1,338 @@
+"""Start, resume and inspect sweeps: Ray Tune runs the trials, Optuna searches, MLflow tracks.
+
+A sweep lives in `<workdir>/<name>/`: `sweep.json` (what was asked, where the stores are),
+`space.yaml`, and Ray's experiment folder `ray/`. The default stores are SQLite files in the
+work directory (`mlflow.db`, `optuna.db`) with MLflow artifacts in `mlartifacts/`.
+
+Example:
+    >>> from sweep.orchestrator import SweepOptions, start_sweep  # doctest: +SKIP
+    >>> summary = start_sweep(SweepOptions(name="demo", trials=4))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from engine.checkpoint import save_json
+from engine.config import ConfigError
+from sweep.spaces import SearchSpace, load_space
+from sweep.tracking import PARENT_TAG, MlflowTracking, ensure_experiment, library_versions, mask_url
+
+# Quiet Ray: the live view is the progress; no per-trial CSV/JSON/TensorBoard files.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+class SweepOptions(BaseModel):
+    space: str = "default"
+    name: str | None = None
+    workdir: str | None = None
+    trials: int | None = None
+    epochs: int | None = None
+    max_concurrent: int | None = None
+    address: str | None = None
+    tracking_uri: str | None = None
+    storage: str | None = None
+
+
+class SweepState(BaseModel):
+    """What `sweep.json` records: enough to resume and to find every result."""
+
+    name: str
+    space: dict[str, Any]
+    space_source: str
+    tracking_uri: str
+    storage_url: str
+    experiment_id: str
+    parent_run_id: str
+    address: str | None = None
+    status: str = "running"
+    command: str = ""
+    created: str = ""
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("MOONSWEEP_WORKDIR", "moonsweep-runs"))
+
+
+def sweep_dir(workdir: Path, name: str) -> Path:
+    return workdir / name
+
+
+def _check_workdir(workdir: Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--workdir {workdir}: cannot write there ({exc.strerror})") from None
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _resolve_space(opts: SweepOptions) -> SearchSpace:
+    space = load_space(opts.space)
+    updates: dict[str, Any] = {}
+    if opts.epochs is not None:
+        updates["set"] = {**space.set, "epochs": opts.epochs}
+    budget = space.budget.model_copy(
+        update={
+            k: v
+            for k, v in {"trials": opts.trials, "max_concurrent": opts.max_concurrent}.items()
+            if v is not None
+        }
+    )
+    space = space.model_copy(update={**updates, "budget": budget})
+    try:
+        space = SearchSpace.model_validate(space.model_dump() | {"source_dir": space.source_dir})
+        space.check()
+    except ConfigError as exc:
+        raise ConfigError(f"--epochs {opts.epochs}: {exc}") from None
+    return space
+
+
+def start_sweep(opts: SweepOptions, stream: Any = None) -> dict[str, Any]:
+    """Validate everything, create the stores and the parent run, then run the sweep."""
+    quiet_libraries()
+    space = _resolve_space(opts)
+    workdir = Path(opts.workdir) if opts.workdir else default_workdir()
+    name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
+    folder = sweep_dir(workdir, name)
+    if (folder / "sweep.json").exists():
+        raise ConfigError(
+            f"--name {name}: a sweep of that name exists in {workdir}; "
+            f"`moonsweep resume {name}` continues it, or choose another name"
+        )
+    _check_workdir(workdir)
+    workdir = workdir.resolve()
+    tracking_uri = (
+        opts.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or (f"sqlite:///{workdir / 'mlflow.db'}")
+    )
+    storage_url = (
+        opts.storage
+        or os.environ.get("MOONSWEEP_STORAGE")
+        or (f"sqlite:///{workdir / 'optuna.db'}")
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    artifact_root = (
+        (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
+    )
+    experiment_id = ensure_experiment(client, f"moonsweep-{name}", artifact_root)
+    command = shlex.join(["moonsweep", *sys.argv[1:]]) if sys.argv else ""
+    parent = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={
+            "moonsweep.sweep": name,
+            "moonsweep.command": command,
+            "moonsweep.git_commit": _git_commit(),
+            "moonsweep.space": opts.space,
+            "moonsweep.optuna_storage": mask_url(storage_url),
+            **{f"version.{k}": v for k, v in library_versions().items()},
+        },
+    )
+    client.log_dict(parent.info.run_id, space.model_dump(mode="json"), "space.json")
+    state = SweepState(
+        name=name,
+        space=space.model_dump(mode="json"),
+        space_source=opts.space,
+        tracking_uri=tracking_uri,
+        storage_url=storage_url,
+        experiment_id=experiment_id,
+        parent_run_id=parent.info.run_id,
+        address=opts.address,
+        command=command,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(yaml.safe_dump(state.space, sort_keys=False))
+    save_json(folder / "sweep.json", state.model_dump())
+    return _run(state, folder, restore=False, stream=stream)
+
+
+def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState, Path]:
+    workdir = Path(workdir) if workdir else default_workdir()
+    folder = sweep_dir(workdir, name)
+    path = folder / "sweep.json"
+    if not path.exists():
+        known = sorted(p.parent.name for p in workdir.glob("*/sweep.json"))
+        raise ConfigError(
+            f"no sweep named {name!r} in {workdir}; sweeps there: {', '.join(known) or 'none'}"
+        )
+    return SweepState.model_validate(json.loads(path.read_text())), folder.resolve()
+
+
+def resume_sweep(
+    name: str, workdir: str | Path | None = None, stream: Any = None
+) -> dict[str, Any]:
+    """Continue an interrupted sweep with the same searcher, study and MLflow runs."""
+    quiet_libraries()
+    state, folder = load_state(name, workdir)
+    return _run(state, folder, restore=True, stream=stream)
+
+
+def _space_of(state: SweepState, folder: Path) -> SearchSpace:
+    return SearchSpace.model_validate({**state.space, "source_dir": str(folder)})
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for the live view: library INFO logs off."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+        "configure_logging": True,
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+
+
+def _run(state: SweepState, folder: Path, restore: bool, stream: Any = None) -> dict[str, Any]:
+    from ray import tune
+
+    from sweep.progress import LiveView
+    from sweep.search import SweepSearcher, make_scheduler
+    from sweep.trial import run_trial
+
+    space = _space_of(state, folder)
+    _init_ray(state.address)
+    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, space=space), resources)
+    ray_dir = folder / "ray"
+    state.status = "running"
+    save_json(folder / "sweep.json", state.model_dump())
+    if restore and tune.Tuner.can_restore(str(ray_dir)):
+        tuner = tune.Tuner.restore(
+            str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        total = space.budget.trials + len(space.baselines)
+        first = space.objectives[0]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=SweepSearcher(space, state.storage_url, state.name),
+                scheduler=make_scheduler(space),
+                num_samples=total,
+                max_concurrent_trials=space.budget.max_concurrent,
+                # One worker process imports torch once and runs trial after trial.
+                reuse_actors=True,
+                trial_dirname_creator=lambda t: f"{t.config.get('arm', 'trial')}-{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name="ray",
+                storage_path=str(folder),
+                verbose=0,
+                callbacks=[
+                    MlflowTracking(
+                        state.tracking_uri, state.experiment_id, state.parent_run_id, space
+                    ),
+                    LiveView(total, first.metric, first.mode, stream),
+                ],
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        state.status = "interrupted"
+        save_json(folder / "sweep.json", state.model_dump())
+        raise
+    trials = _experiment_trials(ray_dir)
+    expected = space.budget.trials + len(space.baselines)
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(trials) < expected:
+        state.status = "interrupted"
+        save_json(folder / "sweep.json", state.model_dump())
+        return {"name": state.name, "status": "interrupted", "folder": str(folder)}
+    cleanup = reconcile(state, {t.trial_id for t in trials})
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED")
+    state.status = "finished"
+    save_json(folder / "sweep.json", state.model_dump())
+    return {"name": state.name, "status": "finished", "folder": str(folder), **cleanup}
+
+
+def _experiment_trials(ray_dir: Path) -> list[Any]:
+    from ray.tune import ExperimentAnalysis
+
+    if not ray_dir.exists():
+        return []
+    return list(ExperimentAnalysis(str(ray_dir)).trials)
+
+
+def reconcile(state: SweepState, trial_ids: set[str]) -> dict[str, int]:
+    """After a (resumed) sweep ends: no stale RUNNING Optuna trials, no orphan MLflow runs."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweep.search import make_storage
+
+    storage = make_storage(state.storage_url)
+    study = optuna.load_study(study_name=state.name, storage=storage)
+    stale = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # Asked for by a driver that died before Ray recorded the trial: it never ran.
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned by a killed driver")
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        stale += 1
+    client = MlflowClient(state.tracking_uri)
+    children = client.search_runs(
+        [state.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'"
+    )
+    orphans = 0
+    for run in children:
+        if run.data.tags.get("ray.trial_id") not in trial_ids:
+            client.delete_run(run.info.run_id)  # its trial was never recorded by Ray
+            orphans += 1
+        elif run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+    return {"stale_optuna_trials_failed": stale, "orphan_mlflow_runs_deleted": orphans}

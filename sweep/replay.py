@@ -1,0 +1,54 @@
+"""Re-train one recorded trial with the engine alone (no Ray), to check or reproduce it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.config import ConfigError, validate_config
+from engine.train import train
+from sweep.orchestrator import SweepState
+from sweep.status import trial_rows
+from sweep.trial import aggregate
+
+
+def find_trial(state: SweepState, key: str) -> dict[str, Any]:
+    """A trial by Ray trial id, MLflow run id, or Optuna number (`#3` or `3`)."""
+    rows = trial_rows(state)
+    number = key.lstrip("#")
+    for row in rows:
+        if key in (row["trial"], row["mlflow_run_id"]) or (
+            number.isdigit() and row["arm"] == "search" and row["optuna"] == int(number)
+        ):
+            return row
+    raise ConfigError(
+        f"no trial {key!r} in sweep {state.name}; give a Ray trial id, an MLflow run id or an "
+        f"Optuna trial number (see `moonsweep status {state.name}`)"
+    )
+
+
+def replay(
+    state: SweepState, key: str
+) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """Returns (trial row, recorded final metrics, replayed metrics)."""
+    from mlflow.tracking import MlflowClient
+
+    row = find_trial(state, key)
+    client = MlflowClient(state.tracking_uri)
+    record = _load_dict(client, row["mlflow_run_id"], "trial.json")
+    configs = [validate_config(c) for c in record["configs"]]
+    torch.set_num_threads(max(1, int(state.space.get("resources", {}).get("cpu", 1))))
+    replayed = aggregate([train(cfg).metrics for cfg in configs])
+    recorded = client.get_run(row["mlflow_run_id"]).data.metrics
+    return row, recorded, replayed
+
+
+def _load_dict(client: Any, run_id: str, path: str) -> dict[str, Any]:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, path, tmp)
+        with open(local) as handle:
+            return json.load(handle)

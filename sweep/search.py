@@ -1,0 +1,159 @@
+"""The sweep's searcher: baseline arms first (outside Optuna's budget), then Optuna.
+
+Wraps Ray's `OptunaSearch` (ask/tell against a persistent Optuna storage) and adds what a
+MOON sweep needs around it: the baseline arms run first on the same seeds, constraints that
+may refer to a baseline's result, failures and early-stopped trials recorded as FAIL (a
+multi-objective study must not hold PRUNED trials, optuna#5260), and every Optuna trial
+tagged with its Ray trial id and arm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from sweep.spaces import SearchSpace
+
+SEARCH_ARM = "search"
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The space's sampler; constraints reach it through `Trial.set_constraint`."""
+    s = space.sampler
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+class SweepSearcher(Searcher):
+    """Suggests the baseline arms, waits for them, then asks Optuna for `budget.trials`."""
+
+    def __init__(self, space: SearchSpace, storage_url: str, study_name: str) -> None:
+        super().__init__()
+        self.space = space
+        self.pending_arms = list(space.baselines)
+        self.trial_arm: dict[str, str] = {}
+        self.baseline_results: dict[str, dict[str, float]] = {}
+        self.failed_arms: set[str] = set()
+        self.fail_reasons: dict[str, str] = {}
+        self.suggested = 0
+        self.optuna = OptunaSearch(
+            space=space.suggest,
+            metric=[o.metric for o in space.objectives],
+            mode=[o.mode for o in space.objectives],
+            sampler=make_sampler(space),
+            storage=make_storage(storage_url),
+            study_name=study_name,
+        )
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.optuna._ot_study
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        return True  # objectives come from the space, not from TuneConfig
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.pending_arms:
+            arm = self.pending_arms.pop(0)
+            self.trial_arm[trial_id] = arm
+            return {"arm": arm, "params": {}, "optuna_trial": -1}
+        if len(self.baseline_results) + len(self.failed_arms) < len(self.space.baselines):
+            return None  # baselines first: constraints may need their results
+        if self.suggested >= self.space.budget.trials:
+            return Searcher.FINISHED
+        params = self.optuna.suggest(trial_id)
+        ot_trial = self.optuna._ot_trials[trial_id]
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        self.trial_arm[trial_id] = SEARCH_ARM
+        self.suggested += 1
+        return {"arm": SEARCH_ARM, "params": params, "optuna_trial": ot_trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if "fail_reason" in result:
+            self.fail_reasons[trial_id] = str(result["fail_reason"])
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        arm = self.trial_arm.get(trial_id)
+        if arm is None:
+            return
+        finished = bool(result) and result.get("final") == 1 and "fail_reason" not in result
+        if arm != SEARCH_ARM:
+            if finished:
+                self.baseline_results[arm] = {
+                    o.metric: result[o.metric] for o in self.space.objectives
+                }
+                for con in self.space.constraints:
+                    self.baseline_results[arm][con.metric] = result.get(con.metric)
+            else:
+                self.failed_arms.add(arm)
+            return
+        ot_trial = self.optuna._ot_trials[trial_id]
+        if not finished:
+            reason = self.fail_reasons.get(trial_id) or (
+                "ray error" if error else "stopped early by the scheduler"
+            )
+            ot_trial.set_user_attr("fail_reason", reason)
+            self.optuna.on_trial_complete(trial_id, result=None, error=True)  # FAIL
+            return
+        for con in self.space.constraints:
+            threshold = con.threshold(self.baseline_results)
+            value = result.get(con.metric)
+            # Without a reference (its baseline failed) the constraint cannot bind.
+            violation = (
+                0.0 if threshold is None or value is None else con.violation(value, threshold)
+            )
+            ot_trial.set_constraint(con.label, violation)
+        self.optuna.on_trial_complete(trial_id, result=result)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
+class SearchOnlyASHA(ASHAScheduler):
+    """ASHA that never stops a baseline arm and ignores failure reports."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if trial.config.get("arm") != SEARCH_ARM or "fail_reason" in result:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def make_scheduler(space: SearchSpace) -> TrialScheduler | None:
+    rule = space.early_stopping
+    if rule is None:
+        return None
+    return SearchOnlyASHA(
+        time_attr="training_iteration",
+        metric=rule.metric,
+        mode=rule.mode,
+        max_t=space.epochs,
+        grace_period=space.grace_epochs(),
+        reduction_factor=rule.reduction_factor,
+    )

@@ -1,0 +1,303 @@
+"""Search spaces: declarative YAML, validated on load, turned into Optuna suggestions.
+
+A space names a base training config (a preset or YAML file), fixed overrides, the
+searched parameters (with optional conditions), the objectives, constraints, baseline
+arms, seeds, budget, resources and the early-stopping rule.
+
+Example:
+    >>> from sweep.spaces import load_space
+    >>> space = load_space("default")
+    >>> [o.metric for o in space.objectives]
+    ['val/auroc_near', 'val/accuracy', 'val/ece']
+    >>> sorted(space.baselines)
+    ['dense', 'moon_auto', 'no_moon']
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    load_yaml,
+    resolve_source,
+    validate_config,
+)
+
+SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+# The three arms every comparison needs (MOON.md section 2: auto-tuning vs searched).
+DEFAULT_BASELINES: dict[str, dict[str, Any]] = {
+    "moon_auto": {"moon.enabled": True, "moon.alpha_mode": "auto"},
+    "no_moon": {"moon.enabled": False},
+    "dense": {"sparsity.method": "dense", "moon.enabled": False},
+}
+
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Parameter(_Strict):
+    distribution: Literal["uniform", "log_uniform", "int", "log_int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: list[Any] | None = None
+    # Sampled only when every named earlier parameter has one of the listed values.
+    when: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Parameter:
+        if self.distribution == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.distribution} needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"'low' ({self.low}) must be below 'high' ({self.high})")
+        if self.distribution.startswith("log") and self.low <= 0:
+            raise ValueError(f"{self.distribution} needs 'low' > 0, got {self.low}")
+        return self
+
+    def conditions(self) -> dict[str, list[Any]]:
+        return {k: v if isinstance(v, list) else [v] for k, v in (self.when or {}).items()}
+
+
+class Objective(_Strict):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.direction == "maximize" else "min"
+
+
+class Constraint(_Strict):
+    """`metric op value`, or `metric op <baseline's metric> + offset`."""
+
+    metric: str
+    op: Literal[">=", "<=", ">", "<"]
+    value: float | None = None
+    baseline: str | None = None
+    offset: float = 0.0
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> Constraint:
+        if (self.value is None) == (self.baseline is None):
+            raise ValueError("give exactly one of 'value' or 'baseline'")
+        return self
+
+    @property
+    def label(self) -> str:
+        ref = f"{self.value}" if self.value is not None else f"{self.baseline}{self.offset:+g}"
+        return f"{self.metric}{self.op}{ref}"
+
+    def threshold(self, baselines: dict[str, dict[str, float]]) -> float | None:
+        if self.value is not None:
+            return self.value
+        ref = baselines.get(self.baseline or "", {}).get(self.metric)
+        return None if ref is None else ref + self.offset
+
+    def violation(self, value: float, threshold: float) -> float:
+        """Optuna's convention: <= 0 is feasible."""
+        return threshold - value if self.op in (">=", ">") else value - threshold
+
+
+class Sampler(_Strict):
+    name: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
+    seed: int = 0
+    startup_trials: int = Field(4, ge=0)
+
+
+class EarlyStopping(_Strict):
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _divides_one(self) -> Resources:
+        # Fractions that do not divide 1 strand GPU capacity (ray#5902).
+        if 0 < self.gpu < 1 and not math.isclose(1 / self.gpu, round(1 / self.gpu)):
+            raise ValueError(f"gpu fraction {self.gpu} must divide 1 (e.g. 0.5, 0.25)")
+        return self
+
+
+class Budget(_Strict):
+    trials: int = Field(12, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+
+
+class SearchSpace(_Strict):
+    description: str = ""
+    base: str = "default"
+    set: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Parameter]
+    objectives: list[Objective] = Field(min_length=1)
+    constraints: list[Constraint] = Field(default_factory=list)
+    sampler: Sampler = Field(default_factory=Sampler)
+    baselines: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_BASELINES))
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    budget: Budget = Field(default_factory=Budget)
+    resources: Resources = Field(default_factory=Resources)
+    early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
+    checkpoint_every: int = Field(1, ge=1)
+    # Where the space file lives, to resolve a relative `base`; not part of the YAML.
+    source_dir: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references(self) -> SearchSpace:
+        seen: list[str] = []
+        for name, param in self.parameters.items():
+            for cond in param.conditions():
+                if cond not in seen:
+                    raise ValueError(
+                        f"parameters.{name}.when: {cond!r} must be a parameter listed before it"
+                    )
+            seen.append(name)
+        for i, con in enumerate(self.constraints):
+            if con.baseline is not None and con.baseline not in self.baselines:
+                raise ValueError(
+                    f"constraints[{i}].baseline: {con.baseline!r} is not a baseline arm; "
+                    f"arms: {', '.join(self.baselines)}"
+                )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} has duplicates")
+        return self
+
+    # -- configs -------------------------------------------------------------------------------
+    def base_data(self) -> dict[str, Any]:
+        base = self.base
+        if self.source_dir and (Path(self.source_dir) / base).is_file():
+            base = str(Path(self.source_dir) / base)
+        data = resolve_source(base)
+        return apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in self.set.items()])
+
+    def trial_config(
+        self, params: dict[str, Any], seed: int, extra: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """The resolved training config of one trial and seed."""
+        data = self.base_data()
+        items = {**params, **(extra or {}), "seed": seed}
+        apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in items.items()])
+        return validate_config(data)
+
+    @property
+    def epochs(self) -> int:
+        return self.trial_config({}, self.seeds[0]).epochs
+
+    def grace_epochs(self) -> int:
+        """Epochs before any early-stopping decision: the mask must have frozen first."""
+        cfg = self.trial_config({}, self.seeds[0])
+        end = cfg.sparsity.end_fraction
+        param = self.parameters.get("sparsity.end_fraction")
+        if param is not None and param.high is not None:
+            end = param.high
+        return min(cfg.epochs, math.ceil(end * cfg.epochs) + 1)
+
+    def check(self) -> None:
+        """Validate that the base, every baseline and the space's extreme points make configs."""
+        for arm, overrides in self.baselines.items():
+            try:
+                self.trial_config({}, self.seeds[0], overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"baselines.{arm}: {exc}") from None
+        corner: dict[str, Any] = {}
+        for name, param in self.parameters.items():
+            corner[name] = param.choices[0] if param.choices else _cast(param, param.low)
+            try:
+                self.trial_config(corner, self.seeds[0])
+            except ConfigError as exc:
+                raise ConfigError(f"parameters.{name}: {exc}") from None
+        for name, param in self.parameters.items():
+            for value in param.choices or [_cast(param, param.low), _cast(param, param.high)]:
+                try:
+                    self.trial_config({**corner, name: value}, self.seeds[0])
+                except ConfigError as exc:
+                    raise ConfigError(f"parameters.{name}: value {value!r}: {exc}") from None
+
+    # -- Optuna ------------------------------------------------------------------------------
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run: ask an Optuna trial for every active parameter."""
+        chosen: dict[str, Any] = {}
+        for name, p in self.parameters.items():
+            if any(chosen.get(k, _MISSING) not in allowed for k, allowed in p.conditions().items()):
+                continue
+            if p.distribution == "categorical":
+                chosen[name] = trial.suggest_categorical(name, p.choices)
+            elif p.distribution in ("int", "log_int"):
+                chosen[name] = trial.suggest_int(
+                    name, int(p.low), int(p.high), log=p.distribution == "log_int"
+                )
+            else:
+                chosen[name] = trial.suggest_float(
+                    name, p.low, p.high, log=p.distribution == "log_uniform", step=p.step
+                )
+        return chosen
+
+
+_MISSING = object()
+
+
+def _cast(param: Parameter, value: float | None) -> Any:
+    return int(value) if param.distribution in ("int", "log_int") else value
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def space_names() -> list[str]:
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def load_space(source: str | Path) -> SearchSpace:
+    """Load a space by name (`search_spaces/<name>.yaml`) or path; ConfigError if bad."""
+    path = Path(source)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        if str(source) not in space_names():
+            raise ConfigError(
+                f"no search space file or name {str(source)!r}; spaces: {', '.join(space_names())}"
+            )
+        path = SPACE_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"search space file {str(path)!r} does not exist")
+    try:
+        data = load_yaml(path.read_text())
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a search space must be a mapping")
+    try:
+        space = SearchSpace.model_validate({**data, "source_dir": str(path.parent)})
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError(f"search space {path.name}: " + "; ".join(parts)) from None
+    try:
+        space.check()
+    except ConfigError as exc:
+        raise ConfigError(f"search space {path.name}: {exc}") from None
+    return space
