@@ -1,4 +1,8 @@
-"""One compact live line for a sweep: trials done / running / failed and the best so far."""
+"""One compact live line for a sweep: trials done / running / failed and the best so far.
+
+The counts are derived from Ray's trial list each time, so a resumed sweep shows the
+trials finished before the interruption too.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,22 @@ from typing import Any
 from ray import tune
 
 
+def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str:
+    """done, failed, stopped (early, by the scheduler), running or pending.
+
+    `ended`/`errored`: the trial is being completed right now (Ray updates its status after
+    the callbacks run).
+    """
+    if errored or trial.status == "ERROR":
+        return "failed"
+    if not ended and trial.status != "TERMINATED":
+        return "running" if trial.status == "RUNNING" else "pending"
+    result = trial.last_result or {}
+    if "fail_reason" in result:
+        return "failed"
+    return "done" if result.get("final") == 1 else "stopped"
+
+
 class LiveView(tune.Callback):
     """Rewrites one status line on a terminal; prints a line per finished trial otherwise."""
 
@@ -17,8 +37,6 @@ class LiveView(tune.Callback):
         self.objective = objective
         self.mode = mode
         self.stream = stream
-        self.best: tuple[float, str] | None = None
-        self.done = self.failed = self.stopped = 0
         self._last = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -28,51 +46,48 @@ class LiveView(tune.Callback):
     def out(self) -> Any:
         return self.stream or sys.stderr
 
-    def _line(self, trials: list, ended: Any = None) -> str:
-        running = sum(1 for t in trials if t.status == "RUNNING" and t is not ended)
-        best = ""
-        if self.best is not None:
-            best = f"  best {self.objective} {self.best[0]:.4f} ({self.best[1]})"
-        return (
-            f"[moonsweep] {self.done + self.failed + self.stopped}/{self.total} trials: "
-            f"{self.done} done, {running} running, {self.failed} failed, "
-            f"{self.stopped} stopped early{best}"
+    def line(self, trials: list, ended: Any = None, errored: bool = False) -> str:
+        counts = {"done": 0, "failed": 0, "stopped": 0, "running": 0}
+        best: tuple[float, str] | None = None
+        for trial in trials:
+            now = trial is ended
+            outcome = trial_outcome(trial, ended=now, errored=now and errored)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            value = (trial.last_result or {}).get(self.objective)
+            if outcome == "done" and trial.config.get("arm") == "search" and value is not None:
+                if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
+                    best = (float(value), trial.trial_id)
+        finished = counts["done"] + counts["failed"] + counts["stopped"]
+        text = (
+            f"[moonsweep] {finished}/{self.total} trials: {counts['done']} done, "
+            f"{counts['running']} running, {counts['failed']} failed, "
+            f"{counts['stopped']} stopped early"
         )
+        if best is not None:
+            text += f"  best {self.objective} {best[0]:.4f} (trial {best[1]})"
+        return text
 
-    def _show(self, trials: list, force: bool = False, ended: Any = None) -> None:
+    def _show(
+        self, trials: list, force: bool = False, ended: Any = None, errored: bool = False
+    ) -> None:
         now = time.monotonic()
         if not force and now - self._last < 1.0:
             return
         self._last = now
         if self.out.isatty():
-            self.out.write("\r\033[K" + self._line(trials, ended))
+            self.out.write("\r\033[K" + self.line(trials, ended, errored))
         elif force:
-            self.out.write(self._line(trials, ended) + "\n")
+            self.out.write(self.line(trials, ended, errored) + "\n")
         self.out.flush()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._show(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if "fail_reason" in result:
-            self.failed += 1
-        elif result.get("final") == 1:
-            self.done += 1
-            value = result.get(self.objective)
-            if trial.config.get("arm") == "search" and value is not None:
-                better = self.best is None or (
-                    value > self.best[0] if self.mode == "max" else value < self.best[0]
-                )
-                if better:
-                    self.best = (float(value), f"trial {trial.trial_id}")
-        else:
-            self.stopped += 1
         self._show(trials, force=True, ended=trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.failed += 1
-        self._show(trials, force=True, ended=trial)
+        self._show(trials, force=True, ended=trial, errored=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.out.isatty():

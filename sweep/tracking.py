@@ -103,6 +103,7 @@ class MlflowTracking(tune.Callback):
         self.parent_run_id = parent_run_id
         self.space = space
         self.runs: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
         self._client: MlflowClient | None = None
 
     @property
@@ -113,7 +114,7 @@ class MlflowTracking(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray pickles callbacks with the experiment; a live client (DB engine) does not pickle.
-        return {**self.__dict__, "_client": None, "runs": {}}
+        return {**self.__dict__, "_client": None, "runs": {}, "last_step": {}}
 
     def run_id(self, trial: Any) -> str:
         """The trial's child run: found by tag (after a resume) or created once."""
@@ -128,6 +129,8 @@ class MlflowTracking(tune.Callback):
         )
         if found:
             run_id = found[0].info.run_id
+            # A resumed trial repeats the epochs after its last checkpoint: log them once.
+            self.last_step[run_id] = int(found[0].data.metrics.get("epoch", 0))
             self.client.update_run(run_id, status="RUNNING")
         else:
             run_id = self._create(trial)
@@ -175,9 +178,13 @@ class MlflowTracking(tune.Callback):
     ) -> None:
         if result.get("final") == 1 or "fail_reason" in result:
             return  # logged once at completion
-        ts = int(time.time() * 1000)
+        run_id = self.run_id(trial)
         step = int(result.get("epoch", 0))
-        self.client.log_batch(self.run_id(trial), metrics=numeric_metrics(result, step, ts))
+        if step <= self.last_step.get(run_id, 0):
+            return
+        self.last_step[run_id] = step
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=numeric_metrics(result, step, ts))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)

@@ -1,0 +1,282 @@
+"""Sweeps with real Ray (embedded), real MLflow and Optuna on SQLite, tiny real trainings.
+
+Each sweep runs the `moonsweep` command in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+base: default
+set:
+  epochs: 6
+  voting.epochs: 2
+  moon.warmup_epochs: 2
+  model.width: 64
+  sparsity.update_interval: 5
+parameters:
+  sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
+  moon.alpha_final: {distribution: log_uniform, low: 0.1, high: 10}
+  optim.lr: {distribution: categorical, choices: [0.1, LR]}
+objectives:
+  - {metric: val/auroc_near, direction: maximize}
+  - {metric: val/accuracy, direction: maximize}
+sampler: {name: random, seed: 3}
+seeds: [0, 1]
+budget: {trials: TRIALS, max_concurrent: 2}
+early_stopping: null
+"""
+
+
+def moonsweep(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def write_space(path: Path, trials: int, bad_lr: float) -> Path:
+    path.write_text(SPACE.replace("TRIALS", str(trials)).replace("LR", repr(bad_lr)))
+    return path
+
+
+def children(workdir: Path, name: str) -> tuple[dict, list]:
+    state = json.loads((workdir / name / "sweep.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    runs = client.search_runs(
+        [state["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{state['parent_run_id']}'",
+    )
+    return state, runs
+
+
+def study(workdir: Path, name: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def nan_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    # lr 1e9 diverges at once: the random sampler (seed 3) draws it for some trials.
+    root = tmp_path_factory.mktemp("sweep")
+    space = write_space(root / "space.yaml", trials=4, bad_lr=1e9)
+    proc = moonsweep("run", "--space", str(space), "--workdir", str(root / "w"), "--name", "t")
+    return root / "w", proc
+
+
+def test_sweep_runs_and_reports(nan_sweep) -> None:
+    workdir, proc = nan_sweep
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep t finished: 7 trials" in proc.stdout
+    assert "leading trials" in proc.stdout
+    assert str(workdir / "t") in proc.stdout
+    for name in ("mlflow.db", "optuna.db", "t/sweep.json", "t/space.yaml", "t/ray"):
+        assert (workdir / name).exists(), name
+    # One compact progress line per finished trial, not pages of Ray logs.
+    progress = [ln for ln in proc.stderr.splitlines() if ln.startswith("[moonsweep]")]
+    assert len(progress) == 7
+    assert "7/7 trials" in progress[-1]
+
+
+def test_one_parent_one_child_per_trial(nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    state, runs = children(workdir, "t")
+    client = MlflowClient(state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.tags["moonsweep.sweep"] == "t"
+    assert parent.info.status == "FINISHED"
+    assert "version.torch" in parent.data.tags
+    assert len(runs) == 3 + 4
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
+    ray_ids = [r.data.tags["ray.trial_id"] for r in runs]
+    assert len(set(ray_ids)) == len(runs)
+    arms = sorted(r.data.tags["moonsweep.arm"] for r in runs)
+    assert arms == ["dense", "moon_auto", "no_moon", "search", "search", "search", "search"]
+    numbers = sorted(
+        int(r.data.tags["optuna.trial_number"])
+        for r in runs
+        if r.data.tags["moonsweep.arm"] == "search"
+    )
+    assert numbers == [0, 1, 2, 3]
+    # Baselines and searched trials train the same seeds; the full config is in the params.
+    assert {r.data.params["seed"] for r in runs} == {"0,1"}
+    assert all(r.data.tags["moonsweep.seeds"] == "0,1" for r in runs)
+    dense = next(r for r in runs if r.data.tags["moonsweep.arm"] == "dense")
+    assert dense.data.params["sparsity.method"] == "dense"
+    assert dense.data.params["moon.enabled"] == "False"
+    assert dense.data.metrics["density"] == 1.0
+
+
+def test_optuna_matches_finished_trials(nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    _, runs = children(workdir, "t")
+    trials = study(workdir, "t").get_trials(deepcopy=False)
+    search = [r for r in runs if r.data.tags["moonsweep.arm"] == "search"]
+    assert len(trials) == len(search) == 4
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in search}
+    for t in trials:
+        run = by_number[t.number]
+        assert t.user_attrs["ray_trial_id"] == run.data.tags["ray.trial_id"]
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert run.info.status == "FINISHED"
+            assert t.values[0] == pytest.approx(run.data.metrics["val/auroc_near"])
+        else:
+            assert t.state == optuna.trial.TrialState.FAIL
+            assert run.info.status == "FAILED"
+
+
+def test_nan_trial_is_recorded_failed_and_sweep_finishes(nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    state, runs = children(workdir, "t")
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert failed, "the sampler drew no diverging lr: change the sampler seed"
+    for run in failed:
+        assert run.data.params["optim.lr"] == "1000000000.0"
+        assert "TrainingDiverged" in run.data.tags["moonsweep.fail_reason"]
+    failed_trials = [t for t in study(workdir, "t").trials if t.state.name == "FAIL"]
+    assert len(failed_trials) == len(failed)
+    assert all("TrainingDiverged" in t.user_attrs["fail_reason"] for t in failed_trials)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 7 - len(failed)
+    client = MlflowClient(state["tracking_uri"])
+    for run in finished:
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # per epoch, the last with the final
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "final")}
+        assert {"final/metrics.json", "final/model-seed0.pt", "final/model-seed1.pt"} <= files
+        for name in ("val/auroc_near", "std/val/auroc_near", "accuracy", "density"):
+            assert name in run.data.metrics
+
+
+def test_status_table_and_json(nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    proc = moonsweep("status", "t", "--workdir", str(workdir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["trials"]
+    assert len(rows) == 7
+    assert {r["state"] for r in rows} <= {"done", "failed"}
+    table = moonsweep("status", "t", "--workdir", str(workdir))
+    assert table.returncode == 0
+    assert "mlflow_run_id" in table.stdout
+    assert len(table.stdout.strip().splitlines()) == 2 + 7
+
+
+def test_replay_gives_the_same_metrics(nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    state, runs = children(workdir, "t")
+    done = next(
+        r for r in runs if r.data.tags["moonsweep.arm"] == "search" and r.info.status == "FINISHED"
+    )
+    proc = moonsweep("replay", "t", done.data.tags["ray.trial_id"], "--workdir", str(workdir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replayed = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("accuracy", "val/auroc_near", "auroc_far", "ece", "std/val/accuracy"):
+        assert replayed[name] == pytest.approx(done.data.metrics[name], abs=1e-6)
+
+
+def test_bad_space_and_names_exit_2(tmp_path: Path, nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        SPACE.replace("TRIALS", "4")
+        .replace("LR", "0.2")
+        .replace("log_uniform, low: 0.05", "log_uniform, low: -1")
+    )
+    proc = moonsweep("run", "--space", str(bad), "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2
+    assert "parameters.sparsity.density" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
+    again = moonsweep(
+        "run", "--space", str(bad.parent / "none.yaml"), "--workdir", str(tmp_path / "w")
+    )
+    assert again.returncode == 2 and "does not exist" in again.stderr
+    exists = moonsweep("run", "--space", "default", "--workdir", str(workdir), "--name", "t")
+    assert exists.returncode == 2 and "moonsweep resume t" in exists.stderr
+    missing = moonsweep("resume", "nope", "--workdir", str(workdir))
+    assert missing.returncode == 2 and "no sweep named 'nope'" in missing.stderr
+
+
+def test_interrupted_sweep_resumes_only_the_rest(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", trials=6, bad_lr=0.05)
+    workdir = tmp_path / "w"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sweep.cli",
+            "run",
+            "--space",
+            str(space),
+            "--workdir",
+            str(workdir),
+            "--name",
+            "r",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    finished_before: dict[str, int] = {}
+    while time.monotonic() < deadline:  # wait for the baselines and one searched trial
+        time.sleep(2)
+        if (workdir / "r" / "sweep.json").exists():
+            _, runs = children(workdir, "r")
+            finished_before = {
+                r.data.tags["ray.trial_id"]: r.info.end_time
+                for r in runs
+                if r.info.status == "FINISHED"
+            }
+            if len(finished_before) >= 4:
+                break
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-2000:]
+    assert "moonsweep resume r" in err
+    state = json.loads((workdir / "r" / "sweep.json").read_text())
+    assert state["status"] == "interrupted"
+    _, runs = children(workdir, "r")
+    finished_before = {
+        r.data.tags["ray.trial_id"]: r.info.end_time for r in runs if r.info.status == "FINISHED"
+    }
+    assert 4 <= len(finished_before) < 9
+
+    proc = moonsweep("resume", "r", "--workdir", str(workdir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state, runs = children(workdir, "r")
+    assert state["status"] == "finished"
+    ray_ids = [r.data.tags["ray.trial_id"] for r in runs]
+    assert len(runs) == 3 + 6 == len(set(ray_ids))  # no duplicate runs
+    assert all(r.info.status == "FINISHED" for r in runs)
+    ends = {r.data.tags["ray.trial_id"]: r.info.end_time for r in runs}
+    for trial_id, end in finished_before.items():  # finished work was not run again
+        assert ends[trial_id] == end
+    client = MlflowClient(state["tracking_uri"])
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert steps == [1, 2, 3, 4, 5, 6]
+    trials = study(workdir, "r").trials
+    assert len(trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == list(range(6))
