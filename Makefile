@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/moonsweep train
+	$(BIN)/moonsweep run
 
 lint: setup
 	$(BIN)/ruff check .
@@ -30,6 +30,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/study.py
+	$(BIN)/python bench/sweep.py
 
 clean:
 	rm -rf $(VENV) moonsweep-runs .pytest_cache

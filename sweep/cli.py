@@ -102,6 +102,10 @@ def run(
     address: Annotated[str | None, Opt(help="Ray cluster to join (default: embedded)")] = None,
     tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI")] = None,
     storage: Annotated[str | None, Opt(help="Optuna storage URL")] = None,
+    cpus_per_trial: Annotated[float | None, Opt(help="CPUs per trial (space's default)")] = None,
+    gpus_per_trial: Annotated[
+        float | None, Opt(help="GPU fraction per trial, e.g. 0.25 (space's default)")
+    ] = None,
 ) -> None:
     """Run a sweep: baselines, then Optuna's trials on Ray; tracked in MLflow."""
     from sweep.orchestrator import SweepOptions, start_sweep
@@ -116,6 +120,8 @@ def run(
         address=address,
         tracking_uri=tracking_uri,
         storage=storage,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
     )
     try:
         summary = start_sweep(opts)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from engine.checkpoint import save_json
 from engine.config import ConfigError
@@ -46,6 +46,8 @@ class SweepOptions(BaseModel):
     address: str | None = None
     tracking_uri: str | None = None
     storage: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
 
 
 class SweepState(BaseModel):
@@ -97,23 +99,29 @@ def _git_commit() -> str:
 
 
 def _resolve_space(opts: SweepOptions) -> SearchSpace:
+    """The space with the command line's overrides, validated again as a whole."""
     space = load_space(opts.space)
-    updates: dict[str, Any] = {}
+    data = space.model_dump()
     if opts.epochs is not None:
-        updates["set"] = {**space.set, "epochs": opts.epochs}
-    budget = space.budget.model_copy(
-        update={
-            k: v
-            for k, v in {"trials": opts.trials, "max_concurrent": opts.max_concurrent}.items()
-            if v is not None
-        }
-    )
-    space = space.model_copy(update={**updates, "budget": budget})
+        data["set"] = {**data["set"], "epochs": opts.epochs}
+    overrides = {
+        ("budget", "trials"): opts.trials,
+        ("budget", "max_concurrent"): opts.max_concurrent,
+        ("resources", "cpu"): opts.cpus_per_trial,
+        ("resources", "gpu"): opts.gpus_per_trial,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            data[section][key] = value
     try:
-        space = SearchSpace.model_validate(space.model_dump() | {"source_dir": space.source_dir})
+        space = SearchSpace.model_validate({**data, "source_dir": space.source_dir})
         space.check()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
     except ConfigError as exc:
-        raise ConfigError(f"--epochs {opts.epochs}: {exc}") from None
+        raise ConfigError(f"with the command line's settings: {exc}") from None
     return space
 
 

@@ -1,0 +1,165 @@
+"""Search spaces and the searcher, without Ray: validation, conditions, baselines first,
+constraints, failures as FAIL, all against a real Optuna SQLite storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from ray.tune.search import Searcher
+
+from engine.config import ConfigError
+from sweep.search import SEARCH_ARM, SweepSearcher
+from sweep.spaces import load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_default_space_is_valid_and_conditional() -> None:
+    space = load_space("default")
+    assert space.baselines["dense"]["sparsity.method"] == "dense"
+    assert space.parameters["moon.alpha_final"].distribution == "log_uniform"
+    # Wide log ranges around the method's defaults (MOON.md section 8).
+    assert space.parameters["moon.alpha_final"].low <= 0.1
+    assert space.parameters["moon.alpha_final"].high >= 100
+    study = optuna.create_study(
+        directions=["maximize"] * 3, sampler=optuna.samplers.RandomSampler(0)
+    )
+    seen_modes = set()
+    for _ in range(30):
+        params = space.suggest(study.ask())
+        mode = params["moon.alpha_mode"]
+        seen_modes.add(mode)
+        assert ("moon.alpha" in params) == (mode == "fixed")
+        assert ("moon.init_factor" in params) == (mode == "auto")
+        assert 0.02 <= params["sparsity.density"] <= 0.5
+        cfg = space.trial_config(params, seed=1)
+        assert cfg.seed == 1 and cfg.epochs == 30
+    assert seen_modes == {"auto", "fixed"}
+
+
+def test_grace_waits_for_the_mask_to_freeze() -> None:
+    space = load_space("default")
+    cfg = space.trial_config({}, 0)
+    assert space.grace_epochs() >= cfg.sparsity.end_fraction * cfg.epochs
+
+
+def _space_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+# A condition on a parameter that is not listed before it.
+WHEN_BEFORE = (
+    "  moon.alpha: {distribution: uniform, low: 0, high: 1, when: {moon.alpha_mode: fixed}}\n"
+)
+BASE = """
+parameters:
+  sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
+objectives:
+  - {metric: val/auroc_near, direction: maximize}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (BASE.replace("low: 0.05", "low: -1"), "parameters.sparsity.density"),
+        (BASE.replace("log_uniform", "gaussian"), "parameters.sparsity.density.distribution"),
+        (BASE.replace("sparsity.density", "sparsity.densty"), "sparsity.densty"),
+        (BASE.replace("high: 0.5", "high: 3"), "parameters.sparsity.density"),
+        (BASE.replace("maximize", "maximise"), "objectives.0.direction"),
+        (BASE + "baselines: {dense: {sparsity.method: prune}}\n", "baselines.dense"),
+        (BASE + "constraints: [{metric: val/accuracy, op: '>=', baseline: nope}]\n", "nope"),
+        (BASE + "resources: {gpu: 0.3}\n", "resources"),
+        (BASE + "seeds: [1, 1]\n", "seeds"),
+        (BASE + "budgett: {trials: 3}\n", "budgett"),
+        (
+            BASE.replace("parameters:\n", "parameters:\n" + WHEN_BEFORE),
+            "parameters.moon.alpha.when",
+        ),
+        ("- not a mapping\n", "mapping"),
+        ("parameters: {a: [\n", "YAML"),
+    ],
+)
+def test_bad_spaces_name_the_entry(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_space(_space_file(tmp_path, text))
+    assert needle in str(err.value)
+
+
+def test_unknown_space_name() -> None:
+    with pytest.raises(ConfigError, match="spaces: .*default"):
+        load_space("no-such-space")
+
+
+def _searcher(tmp_path: Path, extra: str = "", trials: int = 3) -> SweepSearcher:
+    text = BASE + f"budget: {{trials: {trials}}}\n" + extra
+    space = load_space(_space_file(tmp_path, text))
+    return SweepSearcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s")
+
+
+def _final(value: float, accuracy: float = 0.9) -> dict:
+    return {"final": 1, "val/auroc_near": value, "val/accuracy": accuracy}
+
+
+def test_baselines_first_then_optuna_then_finished(tmp_path: Path) -> None:
+    searcher = _searcher(tmp_path)
+    arms = [searcher.suggest(f"b{i}")["arm"] for i in range(3)]
+    assert arms == ["moon_auto", "no_moon", "dense"]
+    assert searcher.suggest("early") is None  # waits for the baselines
+    for i in range(3):
+        searcher.on_trial_complete(f"b{i}", _final(0.8))
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c["arm"] for c in configs] == [SEARCH_ARM] * 3
+    assert [c["optuna_trial"] for c in configs] == [0, 1, 2]
+    assert searcher.suggest("t3") is Searcher.FINISHED
+    # Baselines are outside Optuna's budget: the study holds only the searched trials.
+    assert len(searcher.study.trials) == 3
+    searcher.on_trial_complete("t0", _final(0.91))
+    searcher.on_trial_result("t1", {"fail_reason": "TrainingDiverged: loss is nan"})
+    searcher.on_trial_complete("t1", {"fail_reason": "TrainingDiverged: loss is nan"})
+    searcher.on_trial_complete("t2", {"epoch": 16, "val_accuracy": 0.5})  # stopped by ASHA
+    states = [t.state.name for t in searcher.study.trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL"]  # never PRUNED in a multi-objective study
+    attrs = [t.user_attrs for t in searcher.study.trials]
+    assert attrs[1]["fail_reason"].startswith("TrainingDiverged")
+    assert attrs[2]["fail_reason"] == "stopped early by the scheduler"
+    assert attrs[0]["ray_trial_id"] == "t0"
+
+
+def test_constraint_against_a_baseline(tmp_path: Path) -> None:
+    extra = "constraints: [{metric: val/accuracy, op: '>=', baseline: dense, offset: -0.01}]\n"
+    searcher = _searcher(tmp_path, extra, trials=2)
+    for i in range(3):
+        searcher.suggest(f"b{i}")
+    searcher.on_trial_complete("b0", _final(0.8, 0.5))
+    searcher.on_trial_complete("b1", _final(0.8, 0.5))
+    searcher.on_trial_complete("b2", _final(0.8, 0.95))  # dense
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t0", _final(0.9, 0.93))  # 0.93 < 0.95 - 0.01: infeasible
+    searcher.on_trial_complete("t1", _final(0.85, 0.96))
+    feasible = [list(t.constraints.values()) for t in searcher.study.trials]
+    assert feasible[0] == [pytest.approx(0.94 - 0.93)]
+    assert feasible[1] == [pytest.approx(0.94 - 0.96)]
+    # Optuna's Pareto front keeps only feasible trials.
+    assert [t.number for t in searcher.study.best_trials] == [1]
+
+
+def test_searcher_state_survives_pickling(tmp_path: Path) -> None:
+    searcher = _searcher(tmp_path)
+    for i in range(3):
+        searcher.suggest(f"b{i}")
+        searcher.on_trial_complete(f"b{i}", _final(0.8))
+    searcher.suggest("t0")
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    restored = _searcher(tmp_path)
+    restored.restore(str(path))
+    assert restored.suggested == 1
+    assert restored.suggest("t1")["optuna_trial"] == 1  # same study, next number
+    restored.on_trial_complete("t0", _final(0.9))
+    assert restored.study.trials[0].state.name == "COMPLETE"
