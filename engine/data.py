@@ -367,3 +367,6 @@ def imagefolder(*, cfg: DataConfig) -> Suite:
         cfg,
         source=f"data.root: {id_dir}",
     )
+
+
+from engine import vision as _vision  # noqa: E402,F401  (adds CIFAR suites; last: imports us)

@@ -1,0 +1,674 @@
+"""Real-image OOD suites after OpenOOD: CIFAR-10 / CIFAR-100 against six OOD sets.
+
+Two suites are registered in `engine.data.suites` when `engine.data` is imported:
+
+* ``cifar10-ood``:  ID CIFAR-10 (K=10);  near CIFAR-100, TinyImageNet;
+  far MNIST, SVHN, Textures (DTD), Places365.
+* ``cifar100-ood``: ID CIFAR-100 (K=100); near CIFAR-10, TinyImageNet; far the same four.
+
+Every image is (3, 32, 32); ``data.image_size``, ``data.channels``, ``data.known_classes``,
+``data.test_fraction`` and ``data.far_ood_size`` do not apply. The official train part is
+split into train/val by ``data.val_fraction`` (stratified, ``data.split_seed``); the official
+test part is the ID test split as is. Each OOD set is used whole up to `OOD_CAP` images (a
+seeded subsample beyond, to bound memory) and split into val/test by ``data.ood_val_fraction``.
+Everything is normalised with the ID-train channel mean/std. OpenOOD's removal of images
+that overlap ID classes (e.g. in TinyImageNet) is not done.
+
+Layout under the data root (``data.root``, else the environment variable ``MOONSWEEP_DATA``)
+is what torchvision writes itself, so ``download=True`` and hand-placed files agree::
+
+    cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}   CIFAR10(root)
+    cifar-100-python/{train,test,meta}                              CIFAR100(root)
+    svhn/test_32x32.mat                                             SVHN(root/svhn)
+    MNIST/raw/t10k-{images-idx3,labels-idx1}-ubyte                  MNIST(root)
+    dtd/dtd/{images/<class>/*.jpg,labels/{train,val,test}1.txt}     DTD(root), all 3 splits
+    places365/{categories_places365.txt,places365_val.txt,val_256/} Places365(root/places365)
+    tiny-imagenet-200/val/ (else test/): any images below            (no torchvision class)
+
+Nothing is downloaded unless the environment variable ``MOONSWEEP_DOWNLOAD=1`` is set (the
+config has no such field). torchvision's md5 checks of the CIFAR pickles, the SVHN .mat and
+the Places365 file lists run by default; ``MOONSWEEP_VERIFY_MD5=0`` reduces them to "the file
+exists" (for re-packed copies, and for test fixtures, which cannot match the official md5).
+An absent ID dataset is a `ConfigError`; an absent OOD set is skipped with a
+`MissingOODWarning`, as long as at least one OOD set is left.
+
+Single datasets: the registry `datasets` maps a name to a loader returning a `RawDataset`
+(uint8 images, kept small until the suite normalises them); `load_dataset` returns float32.
+
+Example:
+    >>> import os
+    >>> from engine.config import DataConfig
+    >>> from engine.data import load_suite
+    >>> os.environ["MOONSWEEP_DATA"] = "/data"  # doctest: +SKIP
+    >>> suite = load_suite(DataConfig(suite="cifar10-ood"))  # doctest: +SKIP
+    >>> suite.num_classes, suite.input_shape, [o.name for o in suite.ood]  # doctest: +SKIP
+    (10, (3, 32, 32), ['cifar100', 'tinyimagenet', 'mnist', 'svhn', 'textures', 'places365'])
+    >>> from engine.vision import load_dataset
+    >>> x, y = load_dataset("svhn", "/data")  # float32 in [0, 1], (N, 3, 32, 32)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from engine.config import ConfigError, DataConfig
+from engine.data import _STREAM_OOD_SPLIT, OODGroup, OODSet, Split, Suite, _image_files, suites
+from engine.registry import Registry
+
+__all__ = [
+    "ENV_DATA",
+    "ENV_DOWNLOAD",
+    "ENV_VERIFY_MD5",
+    "OOD_CAP",
+    "PROTOCOLS",
+    "DatasetNotFound",
+    "MissingOODWarning",
+    "RawDataset",
+    "data_root",
+    "datasets",
+    "load_dataset",
+]
+
+ENV_DATA = "MOONSWEEP_DATA"
+ENV_DOWNLOAD = "MOONSWEEP_DOWNLOAD"
+ENV_VERIFY_MD5 = "MOONSWEEP_VERIFY_MD5"
+SIZE = 32
+OOD_CAP = 10_000  # per OOD set: Places365 val alone is 36,500 images
+Part = Literal["train", "test"]
+
+# Seed streams of our own (engine.data uses 1..3); each is also keyed by the set's name, so
+# a skipped or added OOD set never changes which images another set gets.
+_STREAM_CAP = 11
+_T = TypeVar("_T")
+
+
+class DatasetNotFound(ConfigError):
+    """A dataset's files are not on disk (an OOD set is then skipped, an ID set is fatal)."""
+
+
+class MissingOODWarning(UserWarning):
+    """An OOD set of a suite is absent on disk and left out of the run."""
+
+
+@dataclass
+class RawDataset:
+    """Images as uint8 (N, 3, 32, 32) (a quarter of float32's memory) and labels if any."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    classes: list[str] | None
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def as_float(self) -> torch.Tensor:
+        """The images as float32 in [0, 1]."""
+        return self.images.float().div_(255.0)
+
+
+datasets: Registry[RawDataset] = Registry("dataset")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"environment variable {name}={value!r}: use 1 or 0")
+
+
+def data_root(cfg: DataConfig | None = None) -> Path:
+    """`cfg.root`, else $MOONSWEEP_DATA, else a ConfigError saying how to set one."""
+    if cfg is not None and cfg.root is not None:
+        return Path(cfg.root).expanduser()
+    env = os.environ.get(ENV_DATA, "").strip()
+    if env:
+        return Path(env).expanduser()
+    suite = f" for suite {cfg.suite}" if cfg is not None else ""
+    raise ConfigError(
+        f"data.root: required{suite}; set data.root or the environment variable {ENV_DATA} "
+        "to the folder that holds the datasets"
+    )
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _name_key(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def _pick(n: int, limit: int | None, seed: int, name: str) -> np.ndarray | None:
+    """Sorted indices of a seeded subsample of `limit` out of `n`, or None to keep all."""
+    if limit is None or n <= limit:
+        return None
+    rng = np.random.default_rng([seed, _STREAM_CAP, _name_key(name)])
+    return np.sort(rng.choice(n, size=limit, replace=False))
+
+
+def _not_found(what: str, path: Path, hint: str) -> DatasetNotFound:
+    return DatasetNotFound(
+        f"data.root: {what} not found in {path} (download it once with {ENV_DOWNLOAD}=1 or {hint})"
+    )
+
+
+def _open(what: str, path: Path, make: Callable[[], _T], *, md5: bool, download: bool) -> _T:
+    """Build a torchvision dataset, turning its errors into ConfigErrors naming `path`.
+
+    `md5`: torchvision checks md5 sums here, so (the files being known to exist) its
+    RuntimeError means a mismatch.
+    """
+    doing = "download or read" if download else "read"
+    try:
+        return make()
+    except ConfigError:
+        raise
+    except RuntimeError as exc:
+        if md5 and not download:
+            raise ConfigError(
+                f"data.root: {what} in {path} fails torchvision's md5 check: the files are "
+                "corrupted or not the official release; re-download them, or set "
+                f"{ENV_VERIFY_MD5}=0 to check only that they exist"
+            ) from None
+        raise ConfigError(f"data.root: cannot {doing} {what} in {path}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{what} needs the package {exc.name!r}: pip install it") from None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, AssertionError) as exc:
+        raise ConfigError(f"data.root: cannot {doing} {what} in {path}: {exc!r}") from None
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(f"data.root: cannot {doing} {what} in {path}: {exc}") from None
+
+
+def _read_small(path: str | Path) -> np.ndarray:
+    """One image file as uint8 (32, 32, 3); a torchvision `loader`."""
+    try:
+        with Image.open(path) as img:
+            # JPEG only: decode at 1/2..1/8 scale (still >= 32 px), far faster for 256 px Places.
+            img.draft("RGB", (SIZE, SIZE))
+            small = img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+            return np.asarray(small, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConfigError(f"data.root: cannot read image {path}: {exc}") from None
+
+
+def _parallel(fn: Callable[[Any], _T], items: Sequence[Any]) -> list[_T]:
+    """`fn` over `items` in threads, results in order: PIL decodes outside the GIL."""
+    workers = min(8, os.cpu_count() or 1)
+    if workers == 1 or len(items) < 64:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
+    out = np.stack(arrays) if arrays else np.empty((0, SIZE, SIZE, 3), np.uint8)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _resize_u8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, 32, 32), in chunks so float copies stay small."""
+    if images.shape[-2:] == (SIZE, SIZE):
+        return images
+    out = torch.empty((*images.shape[:2], SIZE, SIZE), dtype=torch.uint8)
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].float()
+        chunk = F.interpolate(chunk, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        out[start : start + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _subset(raw: RawDataset, keep: np.ndarray | None) -> RawDataset:
+    if keep is None:
+        return raw
+    t = torch.from_numpy(keep)
+    labels = None if raw.labels is None else raw.labels[t].contiguous()
+    return RawDataset(raw.images[t].contiguous(), labels, raw.classes, raw.path)
+
+
+def _only_test(name: str, part: str) -> None:
+    if part != "test":
+        raise ValueError(f"dataset {name!r} is an OOD set: only part='test' is available")
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _cifar(
+    base: Any, what: str, root: Path, part: Part, download: bool, verify: bool
+) -> RawDataset:
+    folder = root / base.base_folder
+    files = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing and not download:
+        raise _not_found(
+            what, folder, f"place the python pickles there; missing: {', '.join(missing)}"
+        )
+    cls = base
+    if not verify:
+        # md5 None makes torchvision's check_integrity test only that each file exists.
+        no_md5 = {
+            "train_list": [[f, None] for f, _ in base.train_list],
+            "test_list": [[f, None] for f, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+        }
+        cls = type(base.__name__, (base,), no_md5)
+    ds = _open(
+        what,
+        folder,
+        lambda: cls(str(root), train=part == "train", download=download),
+        md5=verify,
+        download=download,
+    )
+    # torchvision holds (N, 3, 32, 32) memory seen as NHWC: permuting back copies nothing.
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+    classes = [str(c) for c in ds.classes]
+    if len(labels) != len(images) or (len(labels) and not 0 <= int(labels.min())):
+        raise ConfigError(f"data.root: {what} in {folder} has malformed labels")
+    if len(labels) and int(labels.max()) >= len(classes):
+        raise ConfigError(
+            f"data.root: {what} in {folder} has label {int(labels.max())} but only "
+            f"{len(classes)} class names in {base.meta['filename']}"
+        )
+    return RawDataset(images, labels, classes, folder)
+
+
+@datasets.register("cifar10")
+def cifar10(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """CIFAR-10 via torchvision.datasets.CIFAR10: train 50,000 or test 10,000 images."""
+    from torchvision.datasets import CIFAR10  # ~2 s to import: only when a suite needs it
+
+    raw = _cifar(CIFAR10, "CIFAR-10", Path(root), part, download, verify)
+    return _subset(raw, _pick(len(raw), limit, seed, "cifar10"))
+
+
+@datasets.register("cifar100")
+def cifar100(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """CIFAR-100 (fine labels) via torchvision.datasets.CIFAR100."""
+    from torchvision.datasets import CIFAR100
+
+    raw = _cifar(CIFAR100, "CIFAR-100", Path(root), part, download, verify)
+    return _subset(raw, _pick(len(raw), limit, seed, "cifar100"))
+
+
+@datasets.register("svhn")
+def svhn(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """SVHN cropped digits (<root>/svhn/<part>_32x32.mat) via torchvision.datasets.SVHN."""
+    from torchvision.datasets import SVHN
+
+    folder = Path(root) / "svhn"
+    _, filename, _ = SVHN.split_list[part]
+    if not (folder / filename).is_file() and not download:
+        raise _not_found("SVHN", folder, f"place {filename} there")
+    cls = SVHN
+    if not verify:
+        split_list = {k: [u, f, None] for k, (u, f, _) in SVHN.split_list.items()}
+        cls = type("SVHN", (SVHN,), {"split_list": split_list})
+    ds = _open(
+        "SVHN",
+        folder,
+        lambda: cls(str(folder), split=part, download=download),
+        md5=verify,
+        download=download,
+    )
+    images = torch.from_numpy(np.ascontiguousarray(ds.data))  # torchvision made it (N, 3, H, W)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"data.root: SVHN {folder / filename}: X must be (H, W, 3, N)")
+    labels = torch.from_numpy(np.asarray(ds.labels, dtype=np.int64).reshape(-1))
+    raw = RawDataset(images, labels, [str(d) for d in range(10)], folder)
+    return _subset(raw, _pick(len(raw), limit, seed, "svhn"))
+
+
+@datasets.register("mnist")
+def mnist(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """MNIST idx files via torchvision.datasets.MNIST, resized to 32x32, grey -> 3 channels.
+
+    `verify` does not apply: torchvision checks MNIST's raw files for existence only.
+    """
+    from torchvision.datasets import MNIST
+
+    prefix = "train" if part == "train" else "t10k"
+    needed = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+
+    # Named MNIST because torchvision derives the folder from the class name; checks only
+    # the part asked for, where torchvision wants train and test files both on disk.
+    def check_exists(self: Any) -> bool:
+        return all(os.path.isfile(os.path.join(self.raw_folder, f)) for f in needed)
+
+    cls = type("MNIST", (MNIST,), {"_check_exists": check_exists})
+    folder = Path(root) / "MNIST" / "raw"
+    # torchvision still reads the old processed/{training,test}.pt when both exist.
+    legacy = all((folder.parent / "processed" / f).is_file() for f in ("training.pt", "test.pt"))
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing and not legacy and not download:
+        hint = f"place the idx files there; missing: {', '.join(missing)}"
+        raise _not_found("MNIST", folder, hint)
+    ds = _open(
+        "MNIST",
+        folder,
+        lambda: cls(str(root), train=part == "train", download=download),
+        md5=False,  # torchvision has no md5 for the extracted MNIST files
+        download=download,
+    )
+    data = torch.as_tensor(ds.data, dtype=torch.uint8)
+    if data.ndim != 3:
+        raise ConfigError(f"data.root: MNIST in {folder}: images must be (N, H, W)")
+    keep = _pick(len(data), limit, seed, "mnist")
+    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+    if keep is not None:  # before resizing: only kept images are resized
+        data, labels = data[torch.from_numpy(keep)], labels[torch.from_numpy(keep)]
+    images = _resize_u8(data[:, None]).expand(-1, 3, -1, -1).contiguous()
+    return RawDataset(images, labels, [str(d) for d in range(10)], folder)
+
+
+@datasets.register("textures")
+def textures(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """DTD via torchvision.datasets.DTD: train+val+test of partition 1, i.e. every image."""
+    from torchvision.datasets import DTD
+
+    _only_test("textures", part)
+    folder = Path(root) / "dtd" / "dtd"
+    lists = [folder / "labels" / f"{s}1.txt" for s in ("train", "val", "test")]
+    if not (folder / "images").is_dir() or not all(p.is_file() for p in lists):
+        if not download:
+            raise _not_found("Textures (DTD)", folder, "place images/ and labels/ there")
+    splits = [
+        _open(
+            "Textures (DTD)",
+            folder,
+            lambda s=s: DTD(str(root), split=s, download=download, loader=_read_small),
+            md5=False,  # torchvision has no md5 for the extracted DTD files
+            download=download,
+        )
+        for s in ("train", "val", "test")
+    ]
+    classes = sorted({c for ds in splits for c in ds.classes})
+    items = [(ds, i) for ds in splits for i in range(len(ds))]
+    keep = _pick(len(items), limit, seed, "textures")
+    if keep is not None:
+        items = [items[i] for i in keep]
+    # Decoding only the kept images is what makes `limit` save time.
+    loaded = _parallel(lambda item: item[0][item[1]], items)
+    labels = [classes.index(ds.classes[y]) for (ds, _), (_, y) in zip(items, loaded, strict=True)]
+    images = _stack([image for image, _ in loaded])
+    return RawDataset(images, torch.tensor(labels, dtype=torch.int64), classes, folder)
+
+
+@datasets.register("places365")
+def places365(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """Places365 small (256 px) val images via torchvision.datasets.Places365."""
+    from torchvision.datasets import Places365
+
+    _only_test("places365", part)
+    folder = Path(root) / "places365"
+    needed = [Places365._CATEGORIES_META[0], Places365._FILE_LIST_META["val"][0], "val_256"]
+    missing = [f for f in needed if not (folder / f).exists()]
+    if missing and not download:
+        hint = f"place the small (256 px) val images there; missing: {', '.join(missing)}"
+        raise _not_found("Places365", folder, hint)
+    cls = Places365
+    if not verify:
+        # torchvision md5-checks the two devkit text files; None checks that they exist.
+        no_md5 = {
+            "_CATEGORIES_META": (Places365._CATEGORIES_META[0], None),
+            "_FILE_LIST_META": {k: (f, None) for k, (f, _) in Places365._FILE_LIST_META.items()},
+        }
+        cls = type("Places365", (Places365,), no_md5)
+    ds = _open(
+        "Places365",
+        folder,
+        lambda: cls(str(folder), split="val", small=True, download=download, loader=_read_small),
+        md5=verify,
+        download=download,
+    )
+    keep = _pick(len(ds), limit, seed, "places365")
+    indices = list(range(len(ds))) if keep is None else keep.tolist()
+    loaded = _parallel(ds.__getitem__, indices)
+    labels = torch.tensor([-1 if y is None else y for _, y in loaded], dtype=torch.int64)
+    return RawDataset(_stack([image for image, _ in loaded]), labels, ds.classes, folder)
+
+
+@datasets.register("tinyimagenet")
+def tinyimagenet(
+    root: Path,
+    *,
+    part: Part = "test",
+    download: bool = False,
+    verify: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+) -> RawDataset:
+    """TinyImageNet val (else test) images, any layout below; torchvision has no class for it.
+
+    Unlabelled here: only ever an OOD set. `download` and `verify` do not apply.
+    """
+    _only_test("tinyimagenet", part)
+    base = Path(root) / "tiny-imagenet-200"
+    folders = [base / "val", base / "test"]
+    found = next(((d, f) for d in folders if d.is_dir() and (f := _image_files(d))), None)
+    if found is None:
+        raise DatasetNotFound(
+            f"data.root: TinyImageNet not found in {folders[0]} (nor {folders[1].name}/): "
+            "place tiny-imagenet-200 there, any images below val/ or test/ (it cannot be "
+            "downloaded through torchvision)"
+        )
+    folder, files = found
+    keep = _pick(len(files), limit, seed, "tinyimagenet")
+    if keep is not None:
+        files = [files[i] for i in keep]
+    return RawDataset(_stack(_parallel(_read_small, files)), None, None, folder)
+
+
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    part: Part = "test",
+    download: bool | None = None,
+    verify: bool | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One dataset as float32 (N, 3, 32, 32) in [0, 1] and int64 labels (None if unlabelled).
+
+    `root` None means $MOONSWEEP_DATA; `download`/`verify` None mean the environment's
+    MOONSWEEP_DOWNLOAD (off) and MOONSWEEP_VERIFY_MD5 (on); `limit` keeps a seeded subsample.
+    """
+    raw = datasets.build(
+        name,
+        root=Path(root).expanduser() if root is not None else data_root(),
+        part=part,
+        download=_env_flag(ENV_DOWNLOAD, False) if download is None else download,
+        verify=_env_flag(ENV_VERIFY_MD5, True) if verify is None else verify,
+        limit=limit,
+        seed=seed,
+    )
+    return raw.as_float(), raw.labels
+
+
+# --------------------------------------------------------------------------- suites
+
+FAR = ("mnist", "svhn", "textures", "places365")
+PROTOCOLS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    # suite: (ID dataset, near-OOD sets, far-OOD sets), as in OpenOOD v1.5
+    "cifar10-ood": ("cifar10", ("cifar100", "tinyimagenet"), FAR),
+    "cifar100-ood": ("cifar100", ("cifar10", "tinyimagenet"), FAR),
+}
+
+
+def _train_val(y: torch.Tensor, cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
+    n = len(y)
+    n_val = max(1, round(cfg.val_fraction * n))
+    labels = y.numpy()
+    try:
+        train, val = train_test_split(
+            np.arange(n), test_size=n_val, stratify=labels, random_state=cfg.split_seed
+        )
+    except ValueError as exc:
+        counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+        raise ConfigError(
+            f"{source}: cannot split {n} train images of {len(counts)} classes into train/val "
+            f"stratified by class (val_fraction={cfg.val_fraction}); images per class: "
+            f"{counts}. ({exc})"
+        ) from None
+    return np.sort(train), np.sort(val)  # sorted: split content, not order, is random
+
+
+def _build(suite: str, cfg: DataConfig) -> Suite:
+    id_name, near, far = PROTOCOLS[suite]
+    root = data_root(cfg)
+    download = _env_flag(ENV_DOWNLOAD, False)
+    verify = _env_flag(ENV_VERIFY_MD5, True)
+    opts: dict[str, Any] = {"root": root, "download": download, "verify": verify}
+
+    train_raw = datasets.build(id_name, part="train", **opts)
+    test_raw = datasets.build(id_name, part="test", **opts)
+    assert train_raw.labels is not None and test_raw.labels is not None  # CIFAR is labelled
+    classes = train_raw.classes or []
+    source = f"data.root: {train_raw.path}"
+    train_idx, val_idx = _train_val(train_raw.labels, cfg, source)
+
+    # Statistics from ID train only, so nothing about val/test/OOD leaks into inputs.
+    t = torch.from_numpy(train_idx)
+    train_x = train_raw.images[t].float().div_(255.0)
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant channel: centre only
+    train_x.sub_(mean).div_(std)
+
+    def norm(u8: torch.Tensor) -> torch.Tensor:
+        return u8.float().div_(255.0).sub_(mean).div_(std).contiguous()  # one float copy
+
+    v = torch.from_numpy(val_idx)
+    train = Split(train_x, train_raw.labels[t].contiguous())
+    val = Split(norm(train_raw.images[v]), train_raw.labels[v].contiguous())
+    del train_raw  # the uint8 train part is no longer needed: free it before the OOD sets
+    test = Split(norm(test_raw.images), test_raw.labels.contiguous())
+
+    ood: list[OODSet] = []
+    skipped: list[str] = []
+    group: OODGroup
+    for group, names in (("near", near), ("far", far)):
+        for name in names:
+            try:
+                # Loaders reading files one by one decode only the `limit` images they keep.
+                raw = datasets.build(name, part="test", limit=OOD_CAP, seed=cfg.split_seed, **opts)
+            except DatasetNotFound as exc:
+                skipped.append(str(exc))
+                warnings.warn(
+                    f"{suite}: OOD set {name!r} skipped: {exc}", MissingOODWarning, stacklevel=3
+                )
+                continue
+            ood.append(_ood_set(name, group, raw, cfg, norm))
+    if not ood:
+        raise ConfigError(
+            f"data.root: {suite} needs at least one OOD set, found none: " + "; ".join(skipped)
+        )
+    return Suite(
+        name=suite,
+        num_classes=len(classes),
+        input_shape=(3, SIZE, SIZE),
+        class_names=classes,
+        train=train,
+        val=val,
+        test=test,
+        ood=ood,
+    )
+
+
+def _ood_set(
+    name: str,
+    group: OODGroup,
+    raw: RawDataset,
+    cfg: DataConfig,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+) -> OODSet:
+    n = len(raw)
+    if n < 2:
+        raise ConfigError(f"data.root: OOD set {name!r} in {raw.path} needs at least 2 images")
+    rng = np.random.default_rng([cfg.split_seed, _STREAM_OOD_SPLIT, _name_key(name)])
+    perm = torch.from_numpy(rng.permutation(n))
+    n_val = min(max(round(cfg.ood_val_fraction * n), 1), n - 1)
+    val_idx, test_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return OODSet(name, group, norm(raw.images[val_idx]), norm(raw.images[test_idx]))
+
+
+@suites.register("cifar10-ood")
+def cifar10_ood(*, cfg: DataConfig) -> Suite:
+    """OpenOOD CIFAR-10 benchmark: see the module docstring for layout and rules."""
+    return _build("cifar10-ood", cfg)
+
+
+@suites.register("cifar100-ood")
+def cifar100_ood(*, cfg: DataConfig) -> Suite:
+    """OpenOOD CIFAR-100 benchmark: see the module docstring for layout and rules."""
+    return _build("cifar100-ood", cfg)
