@@ -16,12 +16,19 @@ Run (from the repository root):
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-import tempfile
-import time
+import sys
 from pathlib import Path
+
+# `python bench/sweep.py` puts bench/ first on sys.path, where this file would shadow the
+# project's `sweep` package; drop that entry.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ from sweep.tracking import PARENT_TAG, MlflowTracking, ensure_experiment, librar
 # Quiet Ray: the live view is the progress; no per-trial CSV/JSON/TensorBoard files.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 

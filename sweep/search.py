@@ -39,7 +39,12 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 class SweepSearcher(Searcher):
-    """Suggests the baseline arms, waits for them, then asks Optuna for `budget.trials`."""
+    """Suggests the baseline arms first, then asks Optuna for `budget.trials`.
+
+    The search does not wait for the baselines to finish (an idle slot would also lose
+    Ray's reused worker); a searched trial that finishes before the baseline one of its
+    constraints refers to is told to Optuna when that baseline has finished.
+    """
 
     def __init__(self, space: SearchSpace, storage_url: str, study_name: str) -> None:
         super().__init__()
@@ -50,6 +55,7 @@ class SweepSearcher(Searcher):
         self.failed_arms: set[str] = set()
         self.fail_reasons: dict[str, str] = {}
         self.suggested = 0
+        self.deferred: dict[str, dict] = {}  # finished trials waiting for a baseline
         self.optuna = OptunaSearch(
             space=space.suggest,
             metric=[o.metric for o in space.objectives],
@@ -73,8 +79,6 @@ class SweepSearcher(Searcher):
             arm = self.pending_arms.pop(0)
             self.trial_arm[trial_id] = arm
             return {"arm": arm, "params": {}, "optuna_trial": -1}
-        if len(self.baseline_results) + len(self.failed_arms) < len(self.space.baselines):
-            return None  # baselines first: constraints may need their results
         if self.suggested >= self.space.budget.trials:
             return Searcher.FINISHED
         params = self.optuna.suggest(trial_id)
@@ -104,6 +108,9 @@ class SweepSearcher(Searcher):
                     self.baseline_results[arm][con.metric] = result.get(con.metric)
             else:
                 self.failed_arms.add(arm)
+            if self._references_ready():
+                for waiting in list(self.deferred):
+                    self._tell(waiting, self.deferred.pop(waiting))
             return
         ot_trial = self.optuna._ot_trials[trial_id]
         if not finished:
@@ -113,6 +120,22 @@ class SweepSearcher(Searcher):
             ot_trial.set_user_attr("fail_reason", reason)
             self.optuna.on_trial_complete(trial_id, result=None, error=True)  # FAIL
             return
+        if not self._references_ready():
+            # A constraint needs a baseline still running: tell Optuna once it has finished.
+            self.deferred[trial_id] = result
+            return
+        self._tell(trial_id, result)
+
+    def _references_ready(self) -> bool:
+        return all(
+            con.baseline is None
+            or con.baseline in self.baseline_results
+            or con.baseline in self.failed_arms
+            for con in self.space.constraints
+        )
+
+    def _tell(self, trial_id: str, result: dict) -> None:
+        ot_trial = self.optuna._ot_trials[trial_id]
         for con in self.space.constraints:
             threshold = con.threshold(self.baseline_results)
             value = result.get(con.metric)
@@ -150,7 +173,7 @@ def make_scheduler(space: SearchSpace) -> TrialScheduler | None:
     if rule is None:
         return None
     return SearchOnlyASHA(
-        time_attr="training_iteration",
+        time_attr="epoch",  # reports come every `report_every` epochs
         metric=rule.metric,
         mode=rule.mode,
         max_t=space.epochs,

@@ -15,12 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from engine.config import (
     ConfigError,
@@ -156,9 +157,12 @@ class SearchSpace(_Strict):
     budget: Budget = Field(default_factory=Budget)
     resources: Resources = Field(default_factory=Resources)
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
-    checkpoint_every: int = Field(1, ge=1)
+    # Epochs between reports to Ray, each with a checkpoint. A report is a round trip to the
+    # driver, so small trials report every few epochs; every epoch still reaches MLflow.
+    report_every: int = Field(1, ge=1)
     # Where the space file lives, to resolve a relative `base`; not part of the YAML.
     source_dir: str | None = Field(default=None, exclude=True)
+    _base: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _references(self) -> SearchSpace:
@@ -182,11 +186,15 @@ class SearchSpace(_Strict):
 
     # -- configs -------------------------------------------------------------------------------
     def base_data(self) -> dict[str, Any]:
-        base = self.base
-        if self.source_dir and (Path(self.source_dir) / base).is_file():
-            base = str(Path(self.source_dir) / base)
-        data = resolve_source(base)
-        return apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in self.set.items()])
+        """The base config with the fixed overrides, as a fresh nested dict (read once)."""
+        if self._base is None:
+            base = self.base
+            if self.source_dir and (Path(self.source_dir) / base).is_file():
+                base = str(Path(self.source_dir) / base)
+            data = resolve_source(base)
+            overrides = [f"{k}={_yaml_value(v)}" for k, v in self.set.items()]
+            self._base = apply_overrides(data, overrides)
+        return copy.deepcopy(self._base)
 
     def trial_config(
         self, params: dict[str, Any], seed: int, extra: dict[str, Any] | None = None

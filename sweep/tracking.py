@@ -8,8 +8,12 @@ same runs instead of duplicating them.
 
 from __future__ import annotations
 
+import atexit
+import logging
+import queue
 import re
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +27,11 @@ from sweep.spaces import SearchSpace
 from sweep.trial import FINAL_DIR, trial_configs
 
 PARENT_TAG = "mlflow.parentRunId"
+# Per-epoch metrics are sent at most this often (one batched call per run), so the driver
+# spends its time scheduling rather than committing small SQLite transactions.
+FLUSH_SECONDS = 5.0
+WRITE_ATTEMPTS = 3
+logger = logging.getLogger("moonsweep.tracking")
 LIBRARIES = (
     "moonsweep",
     "torch",
@@ -93,7 +102,12 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
 
 
 class MlflowTracking(tune.Callback):
-    """Ray Tune callback that mirrors every trial into an MLflow child run."""
+    """Ray Tune callback that mirrors every trial into an MLflow child run.
+
+    The callbacks only take a snapshot of what they need and queue it; one writer thread
+    sends everything to MLflow in order (with retries), so the driver never waits on the
+    tracking store and the store has a single writer.
+    """
 
     def __init__(
         self, tracking_uri: str, experiment_id: str, parent_run_id: str, space: SearchSpace
@@ -104,7 +118,26 @@ class MlflowTracking(tune.Callback):
         self.space = space
         self.runs: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
+        self.pending: dict[str, list[Metric]] = {}
+        # Only a restored sweep can already hold runs for its trials (see __getstate__).
+        self.restored = False
+        self.failed_writes = 0
+        self._flushed = 0.0
         self._client: MlflowClient | None = None
+        self._queue: queue.Queue | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles callbacks with the experiment, and unpickles them only to resume it.
+        # A live client (DB engine), the queue and the thread do not pickle.
+        return {
+            **self.__dict__,
+            "_client": None,
+            "_queue": None,
+            "runs": {},
+            "last_step": {},
+            "pending": {},
+            "restored": True,
+        }
 
     @property
     def client(self) -> MlflowClient:
@@ -112,44 +145,94 @@ class MlflowTracking(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Ray pickles callbacks with the experiment; a live client (DB engine) does not pickle.
-        return {**self.__dict__, "_client": None, "runs": {}, "last_step": {}}
+    # -- the writer thread ------------------------------------------------------------------
+    def _submit(self, fn: Any, *args: Any) -> None:
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._work, name="mlflow-writer", daemon=True).start()
+            atexit.register(self.drain)
+        self._queue.put((fn, args))
 
-    def run_id(self, trial: Any) -> str:
-        """The trial's child run: found by tag (after a resume) or created once."""
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=(
-                f"tags.`ray.trial_id` = '{trial.trial_id}' "
-                f"and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
-            ),
-        )
+    def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            fn, args = self._queue.get()
+            for attempt in range(WRITE_ATTEMPTS):
+                try:
+                    fn(*args)
+                    break
+                except Exception as exc:  # the store's errors come in many types
+                    if attempt == WRITE_ATTEMPTS - 1:
+                        self.failed_writes += 1
+                        logger.warning("MLflow write %s failed: %s", fn.__name__, exc)
+                    else:
+                        time.sleep(1.0 + attempt)
+            self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until everything queued has been written."""
+        if self._queue is not None:
+            self._submit(self._flush, 0.0)
+            self._queue.join()
+
+    # -- Ray Tune callbacks (driver thread): snapshot and queue --------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._submit(self._run_for, trial.trial_id, dict(trial.config))
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        history = list(result.get("history", []))
+        self._submit(self._log_epochs, trial.trial_id, dict(trial.config), history)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = dict(trial.last_result or {})
+        self._submit(self._complete, trial.trial_id, dict(trial.config), result, trial.checkpoint)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        reason = "ray error"
+        if trial.error_file and Path(trial.error_file).exists():
+            lines = Path(trial.error_file).read_text().strip().splitlines()
+            reason = lines[-1] if lines else reason
+        self._submit(self._fail, trial.trial_id, dict(trial.config), reason[:500])
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.drain()
+
+    # -- MLflow writes (writer thread) -----------------------------------------------------------
+    def _run_for(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The trial's child run: created once, or found by tag after a resume."""
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        found = []
+        if self.restored:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=(
+                    f"tags.`ray.trial_id` = '{trial_id}' "
+                    f"and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+                ),
+            )
         if found:
             run_id = found[0].info.run_id
             # A resumed trial repeats the epochs after its last checkpoint: log them once.
             self.last_step[run_id] = int(found[0].data.metrics.get("epoch", 0))
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run_id = self._create(trial)
-        self.runs[trial.trial_id] = run_id
+            run_id = self._create(trial_id, config)
+        self.runs[trial_id] = run_id
         return run_id
 
-    def _create(self, trial: Any) -> str:
-        config = trial.config
+    def _create(self, trial_id: str, config: dict[str, Any]) -> str:
         arm = config.get("arm", "search")
         tags = {
             PARENT_TAG: self.parent_run_id,
-            "ray.trial_id": trial.trial_id,
+            "ray.trial_id": trial_id,
             "optuna.trial_number": str(config.get("optuna_trial", -1)),
             "moonsweep.arm": arm,
             "moonsweep.seeds": ",".join(str(s) for s in self.space.seeds),
         }
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"{arm}-{trial.trial_id}", tags=tags
-        )
+        run = self.client.create_run(self.experiment_id, run_name=f"{arm}-{trial_id}", tags=tags)
         run_id = run.info.run_id
         configs = trial_configs(self.space, config)
         params = flatten(configs[0].model_dump(mode="json"))
@@ -170,48 +253,60 @@ class MlflowTracking(tune.Callback):
         )
         return run_id
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
-
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    def _log_epochs(
+        self, trial_id: str, config: dict[str, Any], history: list[dict[str, Any]]
     ) -> None:
-        if result.get("final") == 1 or "fail_reason" in result:
-            return  # logged once at completion
-        run_id = self.run_id(trial)
-        step = int(result.get("epoch", 0))
-        if step <= self.last_step.get(run_id, 0):
-            return
-        self.last_step[run_id] = step
+        """Queue each epoch's figures once; send them at most every few seconds."""
+        run_id = self._run_for(trial_id, config)
         ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=numeric_metrics(result, step, ts))
+        for record in history:
+            step = int(record.get("epoch", 0))
+            if step <= self.last_step.get(run_id, 0):
+                continue
+            self.last_step[run_id] = step
+            self.pending.setdefault(run_id, []).extend(numeric_metrics(record, step, ts))
+        self._flush(FLUSH_SECONDS)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        result = trial.last_result or {}
+    def _flush(self, older_than: float) -> None:
+        now = time.monotonic()
+        if now - self._flushed < older_than:
+            return
+        self._flushed = now
+        while self.pending:
+            run_id, metrics = self.pending.popitem()
+            self._log_metrics(run_id, metrics)
+
+    def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
+
+    def _complete(
+        self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint: Any
+    ) -> None:
+        run_id = self._run_for(trial_id, config)
+        self._log_epochs(trial_id, config, result.get("history", []))
+        self._flush(0.0)
         if "fail_reason" in result:
             self.client.set_tag(run_id, "moonsweep.fail_reason", str(result["fail_reason"]))
             self.client.set_terminated(run_id, "FAILED")
         elif result.get("final") == 1:
+            history = result.get("history") or [{}]
+            # The last epoch's figures were just logged from the history: not twice.
+            final = {k: v for k, v in result.items() if k not in history[-1]}
             ts = int(time.time() * 1000)
-            metrics = numeric_metrics(result, int(result.get("epoch", 0)), ts)
-            for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
-                self.client.log_batch(run_id, metrics=metrics[start : start + 900])
-            if trial.checkpoint is not None:
-                with trial.checkpoint.as_directory() as directory:
-                    final = Path(directory) / FINAL_DIR
-                    if final.is_dir():
-                        self.client.log_artifacts(run_id, str(final), artifact_path="final")
+            self._log_metrics(run_id, numeric_metrics(final, int(result.get("epoch", 0)), ts))
+            if checkpoint is not None:
+                with checkpoint.as_directory() as directory:
+                    folder = Path(directory) / FINAL_DIR
+                    if folder.is_dir():
+                        self.client.log_artifacts(run_id, str(folder), artifact_path="final")
             self.client.set_terminated(run_id, "FINISHED")
         else:
             self.client.set_tag(run_id, "moonsweep.stopped_early", "true")
             self.client.set_terminated(run_id, "KILLED")
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        reason = "ray error"
-        if trial.error_file and Path(trial.error_file).exists():
-            lines = Path(trial.error_file).read_text().strip().splitlines()
-            reason = lines[-1] if lines else reason
-        self.client.set_tag(run_id, "moonsweep.fail_reason", reason[:500])
+    def _fail(self, trial_id: str, config: dict[str, Any], reason: str) -> None:
+        run_id = self._run_for(trial_id, config)
+        self._flush(0.0)
+        self.client.set_tag(run_id, "moonsweep.fail_reason", reason)
         self.client.set_terminated(run_id, "FAILED")

@@ -1,4 +1,7 @@
-"""One sweep trial inside Ray: train every seed of the space in lockstep, report each epoch.
+"""One sweep trial inside Ray: train every seed of the space in lockstep, report to Ray.
+
+Every `report_every` epochs the trial reports its latest figures, the per-epoch figures
+since the last report (`history`, for MLflow) and a checkpoint.
 
 Failures (a bad config, NaN, an exception) are reported as data (`fail_reason`) rather
 than raised, so the sweep goes on and every store records why. Lost workers are different:
@@ -78,23 +81,24 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 states = load_checkpoint(Path(directory) / STATE_FILE)["runs"]
             for run, state in zip(runs, states, strict=True):
                 run.load_state_dict(state)
-        every = space.checkpoint_every
+        history: list[dict[str, float]] = []  # epochs not yet reported
         while not runs[0].done:
-            records = [run.train_epoch() for run in runs]
+            metrics = aggregate([run.train_epoch() for run in runs])
             epoch = runs[0].epoch
-            metrics = aggregate(records)
             metrics["epoch"] = epoch
-            if epoch % every == 0 and not runs[0].done:
+            history.append(metrics)
+            if epoch % space.report_every == 0 and not runs[0].done:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(
                         Path(tmp) / STATE_FILE, {"runs": [r.state_dict() for r in runs]}
                     )
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-            elif not runs[0].done:
-                tune.report(metrics)
+                    report = {**metrics, "history": history}
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+                history = []
         results = [run.finish() for run in runs]
         final = aggregate([r.metrics for r in results])
         final.update({"epoch": epoch, "val_accuracy": metrics["val_accuracy"], "final": 1})
+        final["history"] = history
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / FINAL_DIR
             save_json(out / "metrics.json", final)

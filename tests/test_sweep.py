@@ -38,6 +38,7 @@ sampler: {name: random, seed: 3}
 seeds: [0, 1]
 budget: {trials: TRIALS, max_concurrent: 2}
 early_stopping: null
+report_every: 2
 """
 
 
