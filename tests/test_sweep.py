@@ -281,3 +281,42 @@ def test_interrupted_sweep_resumes_only_the_rest(tmp_path: Path) -> None:
     assert len(trials) == 6
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert sorted(t.number for t in trials) == list(range(6))
+
+
+ASHA_SPACE = """
+base: default
+set: {epochs: 8, voting.epochs: 2, moon.warmup_epochs: 2, model.width: 64,
+      sparsity.update_interval: 5, sparsity.end_fraction: 0.5}
+parameters:
+  optim.lr: {distribution: log_uniform, low: 0.0005, high: 0.2}
+objectives:
+  - {metric: val/auroc_near, direction: maximize}
+  - {metric: val/accuracy, direction: maximize}
+sampler: {name: random, seed: 1}
+seeds: [0]
+budget: {trials: 5, max_concurrent: 1}
+early_stopping: {metric: val_accuracy, mode: max, reduction_factor: 2}
+"""
+
+
+def test_early_stopping_after_the_mask_freezes(tmp_path: Path) -> None:
+    # One trial at a time, so ASHA sees results in a fixed order. Grace: ceil(0.5 * 8) + 1.
+    (tmp_path / "space.yaml").write_text(ASHA_SPACE)
+    workdir = tmp_path / "w"
+    proc = moonsweep(
+        "run", "--space", str(tmp_path / "space.yaml"), "--workdir", str(workdir), "--name", "a"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, runs = children(workdir, "a")
+    stopped = [r for r in runs if r.info.status == "KILLED"]
+    assert stopped, "ASHA stopped no trial: the test no longer exercises early stopping"
+    for run in stopped:
+        assert run.data.tags["moonsweep.arm"] == "search"  # baselines are never stopped
+        assert run.data.tags["moonsweep.stopped_early"] == "true"
+        assert 5 <= run.data.metrics["epoch"] < 8  # no decision before the mask froze
+    trials = {t.user_attrs["ray_trial_id"]: t for t in study(workdir, "a").trials}
+    for run in stopped:
+        trial = trials[run.data.tags["ray.trial_id"]]
+        assert trial.state == optuna.trial.TrialState.FAIL  # never PRUNED (multi-objective)
+        assert trial.user_attrs["fail_reason"] == "stopped early by the scheduler"
+    assert sum(r.info.status == "FINISHED" for r in runs) == len(runs) - len(stopped)
