@@ -128,7 +128,8 @@ def start_sweep(opts: SweepOptions, stream: Any = None) -> dict[str, Any]:
     """Validate everything, create the stores and the parent run, then run the sweep."""
     quiet_libraries()
     space = _resolve_space(opts)
-    workdir = Path(opts.workdir) if opts.workdir else default_workdir()
+    # Absolute from here on: Ray's storage path and the SQLite URLs need it.
+    workdir = (Path(opts.workdir) if opts.workdir else default_workdir()).resolve()
     name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
@@ -139,7 +140,6 @@ def start_sweep(opts: SweepOptions, stream: Any = None) -> dict[str, Any]:
             f"`moonsweep resume {name}` continues it, or choose another name"
         )
     _check_workdir(workdir)
-    workdir = workdir.resolve()
     tracking_uri = (
         opts.tracking_uri
         or os.environ.get("MLFLOW_TRACKING_URI")

@@ -42,14 +42,18 @@ report_every: 2
 """
 
 
-def moonsweep(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+def moonsweep(
+    *args: str, timeout: int = 400, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MOONSWEEP_WORKDIR", None)
     return subprocess.run(
         [sys.executable, "-m", "sweep.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
     )
 
 
