@@ -221,7 +221,8 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
     lead = leaders(state)
     typer.echo("\nleading trials (Pareto front over the objectives, constraints met):")
     if lead:
-        typer.echo(format_table(lead, ["optuna", "trial", *objectives]))
+        params = ["sparsity.method", "sparsity.density", "moon.alpha_mode", "voting.mode"]
+        typer.echo(format_table(lead, ["optuna", "trial", *objectives, *params]))
     else:
         typer.echo("  none finished")
 
