@@ -75,6 +75,21 @@ def test_closed_form_gradient_matches_autograd(alpha: float) -> None:
     torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-12)
 
 
+def test_all_correct_batch_takes_the_cross_entropy_path_exactly() -> None:
+    torch.manual_seed(2)
+    targets = torch.randint(0, 4, (16,))
+    logits = torch.randn(16, 5, dtype=torch.float64)
+    logits[torch.arange(16), targets] += 10.0  # every sample right
+    ours = logits.clone().requires_grad_()
+    ref = logits.clone().requires_grad_()
+    loss, _ = moon_loss(ours, targets, 2.5)
+    expected = _reference_loss(ref, targets, 2.5)
+    loss.backward()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-14)
+
+
 def test_gradient_flows_through_p_unknown() -> None:
     logits = torch.tensor([[0.1, 1.5, 0.2, 0.3]], requires_grad=True)
     loss, _ = moon_loss(logits, torch.tensor([2]), 2.0)
