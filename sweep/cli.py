@@ -165,9 +165,16 @@ def status(
         typer.echo(json.dumps({"name": name, "status": state.status, "trials": rows}, indent=2))
         return
     typer.echo(f"sweep {name}: {state.status}, {len(rows)} trials, folder {folder}")
-    columns = ["trial", "arm", "state", "optuna", "method", "density", "alpha_mode"]
-    columns += ["alpha_final", "alpha", *KEY_METRICS, "mlflow_run_id"]
-    short = [{**r, **{k.split(".")[-1]: r[k] for k in r if "." in k}} for r in rows]
+    # Short headers for the params; the requested density is not the achieved `density`.
+    params = {
+        "sparsity.method": "method",
+        "sparsity.density": "target_density",
+        "moon.alpha_mode": "alpha_mode",
+        "moon.alpha_final": "alpha_final",
+        "moon.alpha": "alpha",
+    }
+    short = [{**r, **{name: r[key] for key, name in params.items()}} for r in rows]
+    columns = ["trial", "arm", "state", "optuna", *params.values(), *KEY_METRICS, "mlflow_run_id"]
     typer.echo(format_table(short, columns))
 
 
