@@ -116,6 +116,16 @@ def _rng(cfg: DataConfig, stream: int) -> np.random.Generator:
     return np.random.default_rng([cfg.split_seed, stream])
 
 
+def split_error(source: str, labels: np.ndarray, what: str, exc: Exception) -> ConfigError:
+    """The message for a stratified split that the class counts do not allow."""
+    counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+    return ConfigError(
+        f"{source}: cannot split {len(labels)} images of {len(counts)} classes into {what} "
+        f"stratified by class; every class needs a few images per split. "
+        f"Images per class: {counts}. ({exc})"
+    )
+
+
 def _stratified_split(
     x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, source: str
 ) -> tuple[Split, Split, Split]:
@@ -133,13 +143,10 @@ def _stratified_split(
             rest, test_size=n_val, stratify=labels[rest], random_state=cfg.split_seed
         )
     except ValueError as exc:
-        counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
-        raise ConfigError(
-            f"{source}: cannot split {n} images of {len(counts)} classes into train/val/test "
-            f"stratified by class (val_fraction={cfg.val_fraction}, "
-            f"test_fraction={cfg.test_fraction}); every class needs a few images per split. "
-            f"Images per class: {counts}. ({exc})"
-        ) from None
+        what = (
+            f"train/val/test (val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction})"
+        )
+        raise split_error(source, labels, what, exc) from None
 
     def take(i: np.ndarray) -> Split:
         t = torch.from_numpy(np.sort(i))  # sorted indices: split content, not order, is random

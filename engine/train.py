@@ -157,11 +157,6 @@ class Run:
     def done(self) -> bool:
         return self.epoch >= self.cfg.epochs
 
-    @property
-    def mask_frozen_epoch(self) -> int:
-        """The first epoch after which the topology no longer changes."""
-        return math.ceil(self.mask_stop_step / self.steps_per_epoch)
-
     def train_epoch(self) -> dict[str, float]:
         """Run the next epoch; returns its logged figures (one host sync, here)."""
         cfg, sp, model, masks = self.cfg, self.cfg.sparsity, self.model, self.masks

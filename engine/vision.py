@@ -66,7 +66,16 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from engine.config import ConfigError, DataConfig
-from engine.data import _STREAM_OOD_SPLIT, OODGroup, OODSet, Split, Suite, _image_files, suites
+from engine.data import (
+    _STREAM_OOD_SPLIT,
+    OODGroup,
+    OODSet,
+    Split,
+    Suite,
+    _image_files,
+    split_error,
+    suites,
+)
 from engine.registry import Registry
 
 __all__ = [
@@ -574,12 +583,8 @@ def _train_val(y: torch.Tensor, cfg: DataConfig, source: str) -> tuple[np.ndarra
             np.arange(n), test_size=n_val, stratify=labels, random_state=cfg.split_seed
         )
     except ValueError as exc:
-        counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
-        raise ConfigError(
-            f"{source}: cannot split {n} train images of {len(counts)} classes into train/val "
-            f"stratified by class (val_fraction={cfg.val_fraction}); images per class: "
-            f"{counts}. ({exc})"
-        ) from None
+        what = f"train/val (val_fraction={cfg.val_fraction})"
+        raise split_error(source, labels, what, exc) from None
     return np.sort(train), np.sort(val)  # sorted: split content, not order, is random
 
 

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -24,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from engine.checkpoint import save_json
+from engine.checkpoint import load_json, save_json
 from engine.config import ConfigError
 from sweep.spaces import SearchSpace, load_space
 from sweep.tracking import PARENT_TAG, MlflowTracking, ensure_experiment, library_versions, mask_url
@@ -124,7 +123,7 @@ def _resolve_space(opts: SweepOptions) -> SearchSpace:
     return space
 
 
-def start_sweep(opts: SweepOptions, stream: Any = None) -> dict[str, Any]:
+def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     """Validate everything, create the stores and the parent run, then run the sweep."""
     quiet_libraries()
     space = _resolve_space(opts)
@@ -186,7 +185,7 @@ def start_sweep(opts: SweepOptions, stream: Any = None) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(yaml.safe_dump(state.space, sort_keys=False))
     save_json(folder / "sweep.json", state.model_dump())
-    return _run(state, folder, restore=False, stream=stream)
+    return _run(state, folder, restore=False)
 
 
 def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState, Path]:
@@ -198,16 +197,14 @@ def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState
         raise ConfigError(
             f"no sweep named {name!r} in {workdir}; sweeps there: {', '.join(known) or 'none'}"
         )
-    return SweepState.model_validate(json.loads(path.read_text())), folder.resolve()
+    return SweepState.model_validate(load_json(path)), folder.resolve()
 
 
-def resume_sweep(
-    name: str, workdir: str | Path | None = None, stream: Any = None
-) -> dict[str, Any]:
+def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]:
     """Continue an interrupted sweep with the same searcher, study and MLflow runs."""
     quiet_libraries()
     state, folder = load_state(name, workdir)
-    return _run(state, folder, restore=True, stream=stream)
+    return _run(state, folder, restore=True)
 
 
 def _space_of(state: SweepState, folder: Path) -> SearchSpace:
@@ -240,7 +237,7 @@ def _init_ray(address: str | None) -> None:
         ray.init(**kwargs)
 
 
-def _run(state: SweepState, folder: Path, restore: bool, stream: Any = None) -> dict[str, Any]:
+def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     from ray import tune
 
     from sweep.progress import LiveView
@@ -280,7 +277,7 @@ def _run(state: SweepState, folder: Path, restore: bool, stream: Any = None) -> 
                     MlflowTracking(
                         state.tracking_uri, state.experiment_id, state.parent_run_id, space
                     ),
-                    LiveView(total, first.metric, first.mode, stream),
+                    LiveView(total, first.metric, first.mode),
                 ],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
