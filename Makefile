@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.moonsweep-installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup sysdeps run test lint bench clean
 
 # Rebuilt when the dependencies change. pip takes torch/torchvision from the ranges in
 # pyproject.toml; on this project's machines pip's constraint file resolves them to the
@@ -18,13 +18,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Chromium and PostgreSQL for the report and cluster tests (installed if missing).
+sysdeps:
+	bash .ci/system-deps.sh
+
 run: setup
 	$(BIN)/moonsweep run
 
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup sysdeps lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
