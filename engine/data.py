@@ -76,6 +76,10 @@ class Suite:
     val: Split
     test: Split
     ood: list[OODSet]
+    # Per-channel (1, C, 1, 1) ID-train statistics the images were normalised with, so raw
+    # inputs in [0, 1] can be prepared the same way at prediction time.
+    norm_mean: torch.Tensor | None = None
+    norm_std: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Suite:
         """Return a new Suite with every tensor moved to `device`."""
@@ -201,6 +205,8 @@ def _assemble(
         val=Split(norm(val.x), val.y),
         test=Split(norm(test.x), test.y),
         ood=ood,
+        norm_mean=mean,
+        norm_std=std,
     )
 
 

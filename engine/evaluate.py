@@ -35,24 +35,47 @@ def _outputs(models: list[Classifier], x: torch.Tensor, batch: int = 4096) -> tu
     return logits, feats
 
 
+DiceLayers = tuple[list[torch.Tensor], list[torch.Tensor]]
+
+
+def dice_layers(
+    models: list[Classifier], train_x: torch.Tensor, num_classes: int, percentile: float
+) -> DiceLayers:
+    """Per model, the DICE-masked known rows of the head and their biases (MOON.md 6)."""
+    weights, biases = [], []
+    for model, train_feats in zip(models, _outputs(models, train_x)[1], strict=True):
+        weight = model.head.weight[:num_classes].detach().float()
+        keep = dice_mask(weight, train_feats.mean(0), percentile)
+        weights.append(weight * keep)
+        biases.append(model.head.bias[:num_classes].detach().float())
+    return weights, biases
+
+
+def score_inputs(
+    models: list[Classifier],
+    x: torch.Tensor,
+    num_classes: int,
+    has_unknown: bool,
+    dice: DiceLayers | None = None,
+) -> ScoreInputs:
+    """What every OOD score needs for the inputs `x` (already normalised)."""
+    logits, feats = _outputs(models, x)
+    dice_w, dice_b = dice if dice is not None else (None, None)
+    return ScoreInputs(logits, feats, has_unknown, num_classes, dice_w, dice_b)
+
+
 def evaluate(
     models: list[Classifier], suite: Suite, cfg: TrainConfig, masks: SparseMasks | None
 ) -> dict[str, float]:
     """All metrics of one trained run (several models = prediction averaging)."""
     k = suite.num_classes
     has_unknown = cfg.moon.enabled
-    dice_w = dice_b = None
+    dice = None
     if "dice" in cfg.eval.scores:
-        dice_w, dice_b = [], []
-        for model, train_feats in zip(models, _outputs(models, suite.train.x)[1], strict=True):
-            weight = model.head.weight[:k].detach().float()
-            keep = dice_mask(weight, train_feats.mean(0), cfg.eval.dice_percentile)
-            dice_w.append(weight * keep)
-            dice_b.append(model.head.bias[:k].detach().float())
+        dice = dice_layers(models, suite.train.x, k, cfg.eval.dice_percentile)
 
     def inputs(x: torch.Tensor) -> ScoreInputs:
-        logits, feats = _outputs(models, x)
-        return ScoreInputs(logits, feats, has_unknown, k, dice_w, dice_b)
+        return score_inputs(models, x, k, has_unknown, dice)
 
     metrics: dict[str, float] = {}
     groups = {s.name: s.group for s in suite.ood}

@@ -647,6 +647,8 @@ def _build(suite: str, cfg: DataConfig) -> Suite:
         val=val,
         test=test,
         ood=ood,
+        norm_mean=mean,
+        norm_std=std,
     )
 
 

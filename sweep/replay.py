@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +29,33 @@ def find_trial(state: SweepState, key: str) -> dict[str, Any]:
     )
 
 
+def retrain(
+    state: SweepState,
+    run_id: str,
+    seeds: Sequence[int] | None = None,
+    on_seed: Callable[[int], None] | None = None,
+) -> list[dict[str, float]]:
+    """Re-train a recorded trial (its MLflow run's `trial.json`) with the engine alone.
+
+    `seeds` None repeats the recorded seeds; otherwise the trial's config is trained on
+    each given seed instead (same split, same settings). `on_seed(seed)` is called before
+    each training. Returns each seed's final metrics, in order.
+    """
+    from mlflow.tracking import MlflowClient
+
+    record = _load_dict(MlflowClient(state.tracking_uri), run_id, "trial.json")
+    configs = [validate_config(c) for c in record["configs"]]
+    if seeds is not None:
+        configs = [configs[0].model_copy(update={"seed": int(seed)}) for seed in seeds]
+    torch.set_num_threads(max(1, int(state.space.get("resources", {}).get("cpu", 1))))
+    per_seed = []
+    for cfg in configs:
+        if on_seed is not None:
+            on_seed(cfg.seed)
+        per_seed.append(train(cfg).metrics)
+    return per_seed
+
+
 def replay(
     state: SweepState, key: str
 ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
@@ -35,12 +63,8 @@ def replay(
     from mlflow.tracking import MlflowClient
 
     row = find_trial(state, key)
-    client = MlflowClient(state.tracking_uri)
-    record = _load_dict(client, row["mlflow_run_id"], "trial.json")
-    configs = [validate_config(c) for c in record["configs"]]
-    torch.set_num_threads(max(1, int(state.space.get("resources", {}).get("cpu", 1))))
-    replayed = aggregate([train(cfg).metrics for cfg in configs])
-    recorded = client.get_run(row["mlflow_run_id"]).data.metrics
+    replayed = aggregate(retrain(state, row["mlflow_run_id"]))
+    recorded = MlflowClient(state.tracking_uri).get_run(row["mlflow_run_id"]).data.metrics
     return row, recorded, replayed
 
 

@@ -21,7 +21,9 @@ KEY_PARAMS = (
 KEY_METRICS = ("val/accuracy", "val/auroc_near", "val/auroc_far", "val/ece", "density")
 
 
-def trial_rows(state: SweepState) -> list[dict[str, Any]]:
+def trial_rows(state: SweepState, all_metrics: bool = False) -> list[dict[str, Any]]:
+    """One row per trial (MLflow child run); `all_metrics` adds every final metric, not
+    only KEY_METRICS (as MLflow names them: `val/auroc_near`, `std/val/accuracy`, ...)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(state.tracking_uri)
@@ -44,6 +46,7 @@ def trial_rows(state: SweepState) -> list[dict[str, Any]]:
                 "optuna": int(tags.get("optuna.trial_number", "-1")),
                 **{k: params.get(k) for k in KEY_PARAMS},
                 **{k: metrics.get(k) for k in KEY_METRICS},
+                **(dict(metrics) if all_metrics else {}),
                 "epochs": metrics.get("epoch"),
                 "fail_reason": tags.get("moonsweep.fail_reason", ""),
                 "mlflow_run_id": run.info.run_id,

@@ -1,0 +1,407 @@
+"""Choosing a model from a finished sweep: Pareto front, constraints, preferred metric.
+
+Only validation figures decide (`val/...` metrics, computed on the validation parts of the
+ID and OOD data) plus the achieved `density`; the test figures stay for the report.
+
+Metric names are MLflow's (`val/accuracy`, `val/auroc_near`, `val/energy/fpr95_far`,
+`density`, `std/val/accuracy`, ...). A short name without `val/` means its validation
+figure: `accuracy` is `val/accuracy`, `ece` is `val/ece`.
+
+Example:
+    >>> from sweep.selection import parse_constraint, pareto_front
+    >>> c = parse_constraint("accuracy>=0.95", ["val/accuracy", "density"])
+    >>> c.metric, c.op, c.value
+    ('val/accuracy', '>=', 0.95)
+    >>> c.holds({"val/accuracy": 0.97}), c.holds({"val/accuracy": float("nan")})
+    (True, False)
+    >>> rows = [{"a": 1, "b": 3}, {"a": 2, "b": 2}, {"a": 1, "b": 2}]
+    >>> pareto_front(rows, [("a", "maximize"), ("b", "maximize")])
+    [{'a': 1, 'b': 3}, {'a': 2, 'b': 2}]
+    >>> # select(state, ["accuracy>=0.95", "density<=0.1"], prefer="auroc_near")
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.config import ConfigError
+from sweep.orchestrator import SweepState
+
+Row = dict[str, Any]
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+# Metrics where lower is better, by their name without prefixes (`val/`, a score's name).
+LOWER_IS_BETTER = ("ece", "nll", "brier", "fpr95", "density")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(>=|<=|==|>|<)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`metric op value`; a row without a finite value for the metric does not meet it."""
+
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, row: Row) -> bool:
+        value = number(row.get(self.metric))
+        return value is not None and OPS[self.op](value, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+
+def number(value: Any) -> float | None:
+    """`value` as a finite float, or None (missing, NaN, infinite, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def selectable_metrics(rows: Sequence[Row]) -> list[str]:
+    """The metrics selection may use: validation figures and density, present in `rows`."""
+    names = {
+        key
+        for row in rows
+        for key, value in row.items()
+        if number(value) is not None
+        and (key.startswith(("val/", "std/val/")) or key == "density" or key.startswith("density/"))
+    }
+    return sorted(names)
+
+
+def resolve_metric(name: str, metrics: Collection[str]) -> str:
+    """The full metric name for `name` (exact, or `val/<name>`); ConfigError if unknown."""
+    name = name.strip()
+    for candidate in (name, f"val/{name}"):
+        if candidate in metrics:
+            return candidate
+    if not name.startswith(("val/", "std/")) and name in _test_names(metrics):
+        raise ConfigError(
+            f"metric {name!r}: selection uses validation figures only; use val/{name} "
+            f"(test figures are reported separately)"
+        )
+    raise ConfigError(
+        f"unknown metric {name!r}; allowed: {', '.join(sorted(metrics)) or 'none recorded'} "
+        f"(a name without 'val/' means its validation figure, e.g. accuracy = val/accuracy)"
+    )
+
+
+def _test_names(metrics: Collection[str]) -> set[str]:
+    return {m.removeprefix("val/") for m in metrics if m.startswith("val/")}
+
+
+def parse_constraint(expr: str, metrics: Collection[str]) -> Constraint:
+    """Parse `METRIC OP VALUE` (OP one of >=, <=, >, <, ==; VALUE a finite number).
+
+    Raises ConfigError naming what is wrong and what is allowed.
+    """
+    match = _CONSTRAINT.match(expr)
+    if match is None:
+        raise ConfigError(
+            f"constraint {expr!r} is not METRIC OP VALUE with OP one of "
+            f"{', '.join(OPS)} (e.g. accuracy>=0.95, density<=0.1)"
+        )
+    name, op, text = match.groups()
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ConfigError(f"constraint {expr!r}: {text!r} is not a finite number")
+    return Constraint(resolve_metric(name, metrics), op, value)
+
+
+def direction_of(metric: str, objectives: Sequence[tuple[str, str]] = ()) -> str:
+    """`maximize` or `minimize`: the objective's direction, else by the metric's name
+    (lower is better for ece, nll, brier, fpr95, density and every `std/` spread)."""
+    for name, direction in objectives:
+        if name == metric:
+            return direction
+    base = metric.rsplit("/", 1)[-1]
+    lower = metric.startswith("std/") or base.startswith(LOWER_IS_BETTER)
+    return "minimize" if lower else "maximize"
+
+
+def pareto_front(rows: list[Row], objectives: list[tuple[str, str]]) -> list[Row]:
+    """The rows no other row dominates (at least as good in every objective, better in
+    one); rows lacking a finite value for an objective are left out. Order is kept."""
+    if not objectives:
+        raise ValueError("pareto_front needs at least one objective")
+    for metric, direction in objectives:
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"objective {metric}: direction must be maximize or minimize")
+    usable = [r for r in rows if all(number(r.get(m)) is not None for m, _ in objectives)]
+    if not usable:
+        return []
+    # Oriented so that larger is better in every column.
+    sign = np.array([1.0 if d == "maximize" else -1.0 for _, d in objectives])
+    values = np.array([[number(r[m]) for m, _ in objectives] for r in usable]) * sign
+    no_worse = (values[:, None, :] >= values[None, :, :]).all(axis=2)
+    better = (values[:, None, :] > values[None, :, :]).any(axis=2)
+    dominated = (no_worse & better).any(axis=0)  # [i, j]: row i dominates row j
+    return [r for r, d in zip(usable, dominated, strict=True) if not d]
+
+
+@dataclass
+class Selection:
+    """The outcome of `select`: the chosen trial's row and how it was reached."""
+
+    chosen: Row
+    pareto: list[Row]  # Pareto front of all finished searched trials
+    feasible: list[Row]  # finished searched trials meeting every constraint
+    candidates: list[Row]  # Pareto front of the feasible trials, best by `prefer` first
+    baselines: list[Row]  # finished baseline arms
+    objectives: list[tuple[str, str]]
+    constraints: list[Constraint]
+    prefer: str
+    direction: str
+    reasons: list[str] = field(default_factory=list)
+    confirm_seeds: list[int] = field(default_factory=list)
+    # MLflow run id -> that trial's metrics on each confirmation seed (same seeds for all).
+    confirmed: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    recorded_seeds: int = 0  # seeds behind each recorded (MLflow) mean
+
+    def confirmed_means(self, row: Row) -> dict[str, float]:
+        """A confirmed trial's means over its recorded and its confirmation seeds."""
+        new = self.confirmed[row["mlflow_run_id"]]
+        n_old, n_new = self.recorded_seeds, len(new)
+        out = {}
+        for metric, old in _numbers(row).items():
+            values = [number(m.get(metric)) for m in new]
+            if metric.startswith("std/") or any(v is None for v in values):
+                continue
+            out[metric] = (old * n_old + sum(values)) / (n_old + n_new)
+        return out
+
+
+def sweep_constraints(state: SweepState, baselines: Sequence[Row]) -> tuple[list[Constraint], str]:
+    """The space's own constraints as fixed thresholds (a baseline's figure plus offset)."""
+    from sweep.spaces import Constraint as SpaceConstraint
+
+    by_arm = {r["arm"]: r for r in baselines}
+    out, missing = [], []
+    for raw in state.space.get("constraints", []):
+        con = SpaceConstraint.model_validate(raw)
+        threshold = con.threshold({arm: _numbers(row) for arm, row in by_arm.items()})
+        if threshold is None:
+            missing.append(con.label)
+        else:
+            out.append(Constraint(con.metric, con.op, threshold))
+    note = f"; skipped (baseline not finished): {', '.join(missing)}" if missing else ""
+    return out, note
+
+
+def _numbers(row: Row) -> dict[str, float]:
+    return {k: v for k, v in row.items() if number(v) is not None}
+
+
+ProgressFn = Callable[[str], None]
+
+
+def select(
+    state: SweepState,
+    constraints: Sequence[str] = (),
+    prefer: str | None = None,
+    confirm_seeds: int = 0,
+    *,
+    confirm_top: int = 3,
+    sweep_constraints_too: bool = True,
+    on_progress: ProgressFn | None = None,
+) -> Selection:
+    """Choose a searched trial of a sweep.
+
+    1. Pareto front over the space's objectives among finished searched trials;
+    2. constraints (`"accuracy>=0.95"`, ...; plus the space's own unless
+       `sweep_constraints_too` is False) keep the feasible trials, whose Pareto front are the
+       candidates;
+    3. with `confirm_seeds` N, the `confirm_top` best candidates and every baseline arm are
+       re-trained on N new seeds (the same seeds for all: paired) and ranked by the mean over
+       the recorded and the new seeds;
+    4. the best candidate by `prefer` (default: the first objective) is chosen.
+
+    Raises ConfigError for a bad constraint, an unknown metric or nothing to choose from.
+    """
+    from sweep.status import trial_rows
+
+    if confirm_seeds < 0:
+        raise ConfigError(f"--confirm-seeds must be 0 or more, got {confirm_seeds}")
+    rows = [r for r in trial_rows(state, all_metrics=True) if r["state"] == "done"]
+    searched = [r for r in rows if r["arm"] == "search"]
+    baselines = [r for r in rows if r["arm"] != "search"]
+    objectives = [(o["metric"], o["direction"]) for o in state.space["objectives"]]
+    metrics = selectable_metrics(rows)
+    parsed = [parse_constraint(expr, metrics) for expr in constraints]
+    prefer_metric = resolve_metric(prefer, metrics) if prefer else objectives[0][0]
+    direction = direction_of(prefer_metric, objectives)
+    if not searched:
+        raise ConfigError(f"sweep {state.name} has no finished searched trial to choose from")
+
+    own, note = sweep_constraints(state, baselines) if sweep_constraints_too else ([], "")
+    applied = parsed + own
+    pareto = pareto_front(searched, objectives)
+    feasible = [r for r in searched if all(c.holds(r) for c in applied)]
+    if not feasible:
+        raise ConfigError(
+            f"no finished searched trial of {state.name} meets "
+            f"{', '.join(map(str, applied))}; {_closest(searched, applied)}"
+        )
+    candidates = pareto_front(feasible, objectives)
+    ranked = _ranked(candidates, prefer_metric, direction)
+    obj_text = ", ".join(f"{m} ({d[:3]})" for m, d in objectives)
+    reasons = [
+        f"{len(searched)} finished searched trials; {len(pareto)} on the Pareto front over "
+        f"{obj_text}",
+        f"constraints {', '.join(map(str, applied)) or 'none'}"
+        + (" (the space's own included)" if own else "")
+        + f"{note}: {len(feasible)} trials meet them, {len(candidates)} of those on their "
+        f"Pareto front",
+    ]
+    selection = Selection(
+        chosen=ranked[0],
+        pareto=pareto,
+        feasible=feasible,
+        candidates=ranked,
+        baselines=baselines,
+        objectives=objectives,
+        constraints=applied,
+        prefer=prefer_metric,
+        direction=direction,
+        reasons=reasons,
+    )
+    if confirm_seeds:
+        _confirm(state, selection, confirm_seeds, confirm_top, on_progress)
+    else:
+        best = _fmt(ranked[0].get(prefer_metric))
+        reasons.append(
+            f"chosen: trial {_label(ranked[0])}, best {prefer_metric} ({direction}) among the "
+            f"candidates: {best}"
+        )
+        reasons += _against_baselines(selection, ranked[0], _numbers(ranked[0]))
+    return selection
+
+
+def _ranked(rows: list[Row], metric: str, direction: str) -> list[Row]:
+    """Best first by `metric`; rows without a value last."""
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(row: Row) -> tuple[bool, float]:
+        value = number(row.get(metric))
+        return (value is None, sign * value if value is not None else 0.0)
+
+    return sorted(rows, key=key)
+
+
+def _closest(rows: list[Row], constraints: list[Constraint]) -> str:
+    """Which constraint rules out the most trials: a hint at what to relax."""
+    failing = {str(c): sum(not c.holds(r) for r in rows) for c in constraints}
+    worst = max(failing, key=failing.__getitem__)
+    return f"{worst} rules out {failing[worst]} of {len(rows)}"
+
+
+def _label(row: Row) -> str:
+    number_text = f" (optuna #{row['optuna']})" if row.get("optuna", -1) >= 0 else ""
+    return f"{row['trial']}{number_text}, run {row['mlflow_run_id']}"
+
+
+def _fmt(value: Any) -> str:
+    value = number(value)
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _against_baselines(selection: Selection, row: Row, figures: dict[str, float]) -> list[str]:
+    """One line per baseline: the chosen trial's figures minus the baseline's."""
+    shown = list(dict.fromkeys([selection.prefer, *(m for m, _ in selection.objectives)]))
+    shown += [m for m in ("density",) if m not in shown]
+    lines = []
+    for base in selection.baselines:
+        base_figures = selection.confirmed_means(base) if selection.confirmed else _numbers(base)
+        parts = []
+        for metric in shown:
+            mine, theirs = figures.get(metric), base_figures.get(metric)
+            if mine is None or theirs is None:
+                continue
+            parts.append(f"{metric} {mine:.4g} vs {theirs:.4g} ({mine - theirs:+.4g})")
+        lines.append(f"against baseline {base['arm']}: " + "; ".join(parts))
+    return lines
+
+
+def _confirm(
+    state: SweepState,
+    selection: Selection,
+    n_seeds: int,
+    top: int,
+    on_progress: ProgressFn | None,
+) -> None:
+    """Re-train the top candidates and the baselines on the same new seeds, then re-rank."""
+    from sweep.replay import retrain
+
+    first = max(int(s) for s in state.space.get("seeds", [0])) + 1
+    seeds = list(range(first, first + n_seeds))
+    arms = selection.candidates[: max(1, top)] + selection.baselines
+    total = len(arms) * n_seeds
+    done = 0
+    for row in arms:
+
+        def progress(seed: int, row: Row = row) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(f"confirm {done}/{total}: {row['arm']} {row['trial']} seed {seed}")
+
+        selection.confirmed[row["mlflow_run_id"]] = retrain(
+            state, row["mlflow_run_id"], seeds, on_seed=progress
+        )
+    selection.confirm_seeds = seeds
+    selection.recorded_seeds = len(state.space.get("seeds", [0]))
+    metric, direction = selection.prefer, selection.direction
+    top_rows = selection.candidates[: max(1, top)]
+    means = {r["mlflow_run_id"]: selection.confirmed_means(r) for r in top_rows}
+    confirmed = _ranked([{**r, **means[r["mlflow_run_id"]]} for r in top_rows], metric, direction)
+    order = [r["mlflow_run_id"] for r in confirmed]
+    by_id = {r["mlflow_run_id"]: r for r in top_rows}
+    selection.chosen = by_id[order[0]]
+    selection.candidates = [by_id[i] for i in order] + selection.candidates[len(top_rows) :]
+    chosen_means = means[order[0]]
+    selection.reasons.append(
+        f"confirmed on seeds {', '.join(map(str, seeds))} (the same for the top "
+        f"{len(top_rows)} candidates and the {len(selection.baselines)} baselines); means "
+        f"over recorded and new seeds: "
+        + "; ".join(f"{by_id[i]['trial']} {metric} {_fmt(means[i].get(metric))}" for i in order)
+    )
+    selection.reasons.append(
+        f"chosen: trial {_label(selection.chosen)}, best {metric} ({direction}) over the "
+        f"recorded and the confirmation seeds: {_fmt(chosen_means.get(metric))}"
+    )
+    selection.reasons += _against_baselines(selection, selection.chosen, chosen_means)
+    selection.reasons += _paired(selection, selection.chosen)
+
+
+def _paired(selection: Selection, row: Row) -> list[str]:
+    """Per baseline: on how many of the confirmation seeds the chosen trial is better."""
+    metric, maximize = selection.prefer, selection.direction == "maximize"
+    mine = [m.get(metric, math.nan) for m in selection.confirmed[row["mlflow_run_id"]]]
+    lines = []
+    for base in selection.baselines:
+        theirs = [m.get(metric, math.nan) for m in selection.confirmed[base["mlflow_run_id"]]]
+        deltas = [a - b for a, b in zip(mine, theirs, strict=True)]
+        wins = sum((d > 0) if maximize else (d < 0) for d in deltas)
+        lines.append(
+            f"paired on seeds {', '.join(map(str, selection.confirm_seeds))}: {metric} better "
+            f"than {base['arm']} on {wins} of {len(deltas)}, mean difference "
+            f"{float(np.mean(deltas)):+.4g}"
+        )
+    return lines
