@@ -235,6 +235,155 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
 
 
 @app.command()
+def select(
+    name: Annotated[str, typer.Argument(help="The sweep")],
+    constraint: Annotated[
+        list[str] | None,
+        Opt("--constraint", "-c", help="METRIC OP VALUE, e.g. accuracy>=0.95 (repeatable)"),
+    ] = None,
+    prefer: Annotated[
+        str | None, Opt(help="Metric that decides among the candidates (default: 1st objective)")
+    ] = None,
+    confirm_seeds: Annotated[
+        int, Opt(min=0, help="Re-train top candidates and baselines on N new, shared seeds")
+    ] = 0,
+    confirm_top: Annotated[int, Opt(min=1, help="How many candidates to confirm")] = 3,
+    register: Annotated[
+        str | None, Opt(help="Register the choice in MLflow under this name, alias champion")
+    ] = None,
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the selection as JSON")] = False,
+) -> None:
+    """Choose a model: Pareto front, constraints, preferred metric (validation figures only)."""
+    from sweep.orchestrator import load_state, quiet_libraries
+    from sweep.selection import select as choose
+    from sweep.status import format_table
+
+    quiet_libraries()
+    try:
+        state, _ = load_state(name, workdir)
+        selection = choose(
+            state,
+            constraint or [],
+            prefer,
+            confirm_seeds,
+            confirm_top=confirm_top,
+            on_progress=lambda line: typer.echo(line, err=True),
+        )
+        version = None
+        if register:
+            from sweep.champion import register as register_model
+
+            version = register_model(state, selection, register)
+    except ConfigError as exc:
+        fail(str(exc))
+    chosen = selection.chosen
+    if as_json:
+        out = {
+            "chosen": chosen,
+            "reasons": selection.reasons,
+            "candidates": [r["mlflow_run_id"] for r in selection.candidates],
+            "pareto": [r["mlflow_run_id"] for r in selection.pareto],
+            "feasible": [r["mlflow_run_id"] for r in selection.feasible],
+            "confirm_seeds": selection.confirm_seeds,
+            "registered": None if version is None else f"{register}/{version.version}",
+        }
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    metrics = list(dict.fromkeys([selection.prefer, *(m for m, _ in selection.objectives)]))
+    columns = ["trial", "arm", "optuna", *metrics, "density", "mlflow_run_id"]
+    typer.echo(f"candidates (feasible Pareto front, best {selection.prefer} first):")
+    typer.echo(format_table(selection.candidates, columns))
+    typer.echo("baselines:")
+    typer.echo(format_table(selection.baselines, columns))
+    typer.echo("\n".join(["", *selection.reasons]))
+    typer.echo(f"chosen: {chosen['trial']}  runs:/{chosen['mlflow_run_id']}")
+    if version is not None:
+        typer.echo(
+            f"registered: {register} version {version.version}, alias champion "
+            f"(moonsweep predict {register}@champion)"
+        )
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION or an MLflow URI")],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help=".npy/.pt tensors of [0,1] images, image files or folders"),
+    ] = None,
+    workdir: Annotated[str | None, Opt(help="Work directory (its mlflow.db)")] = None,
+    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI")] = None,
+) -> None:
+    """Class, confidence, OOD score and in/out flag per input, one JSON line each.
+
+    Without INPUT: the test images of the model's own data suite (ID and every OOD set)."""
+    import os
+
+    from engine.predict import load_inputs
+    from sweep.champion import load_predictor
+    from sweep.orchestrator import default_workdir, quiet_libraries
+
+    quiet_libraries()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        db = (Path(workdir) if workdir else default_workdir()).resolve() / "mlflow.db"
+        if not db.exists():
+            fail(f"no MLflow store at {db}; give --workdir or --tracking-uri")
+        uri = f"sqlite:///{db}"
+    try:
+        predictor = load_predictor(model, uri)
+        if inputs:
+            names, images = load_inputs(list(inputs), predictor.input_shape)
+            sets = {"inputs": (names, images)}
+        else:
+            bundled = predictor.bundled_inputs()
+            sets = {k: ([f"{k}[{i}]" for i in range(len(v))], v) for k, v in bundled.items()}
+        for set_name, (names, images) in sets.items():
+            rows = predictor.predict(images)
+            for input_name, row in zip(names, rows, strict=True):
+                typer.echo(json.dumps({"input": input_name, **row.as_dict()}))
+            flagged = sum(not r.in_distribution for r in rows)
+            typer.echo(
+                f"{set_name}: {flagged} of {len(rows)} flagged out-of-distribution "
+                f"({predictor.score} < {predictor.threshold:.4g}, 95% TPR on validation ID)",
+                err=True,
+            )
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="The sweep")],
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+    mlflow_log: Annotated[
+        bool, Opt("--mlflow/--no-mlflow", help="Also log the report to the parent MLflow run")
+    ] = True,
+) -> None:
+    """An HTML report (plus PNGs) in the sweep's folder: Pareto front, arms compared over
+    seeds, alpha schedules, the chosen model's calibration and ROC, importances, hypervolume."""
+    from sweep.orchestrator import load_state, quiet_libraries
+    from sweep.report import build_report, comparison_markdown
+
+    quiet_libraries()
+    try:
+        state, folder = load_state(name, workdir)
+        built = build_report(
+            state,
+            folder,
+            log_to_mlflow=mlflow_log,
+            on_progress=lambda line: typer.echo(f"[report] {line}", err=True),
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    typer.echo(comparison_markdown(built.summary))
+    typer.echo(f"\nwrote {built.html} and {len(built.images)} PNGs beside it")
+    if built.logged_to:
+        typer.echo(f"logged to MLflow run {built.logged_to} under report/")
+
+
+@app.command()
 def presets() -> None:
     """List the named training presets."""
     for name in preset_names():
