@@ -27,17 +27,17 @@ from pathlib import Path
 
 # Running `python bench/engine.py` puts bench/ first on sys.path, where this very file would
 # shadow the project's `engine` package; drop that entry before importing it.
+# The repository root goes first instead, for `engine` and `bench._common`.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
+from bench._common import cpu_model, ratio_summary, rotated, write_json  # noqa: E402
 from engine.config import TrainConfig, apply_overrides, load_config, resolve_source  # noqa: E402
 from engine.train import train  # noqa: E402
 
@@ -62,17 +62,6 @@ ARMS: dict[str, list[str]] = {
         "voting.mode=weights",
     ],
 }
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else whatever platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fit_schedule(overrides: list[str]) -> list[str]:
@@ -145,24 +134,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {arm: [] for arm in arms}
     n_train = 0
     for rep in range(args.repeats):
-        order = arms[rep % len(arms) :] + arms[: rep % len(arms)]
-        for arm in order:
+        for arm in rotated(arms, rep):
             secs, n_train = train_seconds(build_config(arm, common, seed=rep))
             seconds[arm].append(secs)
             print(f"rep {rep + 1}/{args.repeats}  {arm:<17} {secs:7.3f} s", file=sys.stderr)
 
-    summary: dict[str, dict[str, float]] = {}
-    for arm in arms:
-        ratios = [a / d for a, d in zip(seconds[arm], seconds["dense"], strict=True)]
-        med = statistics.median(seconds[arm])
-        summary[arm] = {
-            "seconds_median": med,
-            "samples_per_s": args.epochs * n_train / med,
-            "ms_per_epoch": 1000 * med / args.epochs,
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-        }
+    summary = ratio_summary(seconds, "dense")
+    for m in summary.values():
+        m["samples_per_s"] = args.epochs * n_train / m["seconds_median"]
+        m["ms_per_epoch"] = 1000 * m["seconds_median"] / args.epochs
     return {
         "settings": {
             "model": args.model,
@@ -212,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     print(report(res))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_json(args.json, res)
     return 0
 
 

@@ -42,6 +42,9 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=4, le=1024)
     channels: Literal[1, 3] = 3
     far_ood_size: int = Field(360, ge=10)
+    # Training-time augmentation, on the device (engine/pipeline.py): none, or a random
+    # crop from the image zero-padded by 4 pixels plus a random horizontal flip.
+    augment: Literal["none", "crop_flip"] = "none"
 
 
 class ModelConfig(_Section):
@@ -93,6 +96,20 @@ class EvalConfig(_Section):
     ece_bins: int = Field(15, ge=2)
 
 
+class RuntimeConfig(_Section):
+    """How the training steps run; none of these changes what is computed beyond rounding.
+
+    `autocast: bf16` runs the model's forward in bfloat16 (CPU and CUDA; weights, masks,
+    optimizer and MOON's loss stay float32). `compile` wraps the training forward in
+    `torch.compile` (meant for CUDA; it works on CPU when a C++ compiler is present, after
+    a long first step). `channels_last` stores conv weights and batches NHWC.
+    """
+
+    channels_last: bool = False
+    autocast: Literal["none", "bf16"] = "none"
+    compile: bool = False
+
+
 class TrainConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -101,6 +118,7 @@ class TrainConfig(_Section):
     voting: VotingConfig = Field(default_factory=VotingConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
     seed: int = Field(0, ge=0)

@@ -72,7 +72,12 @@ def moon_loss(
 
     With `warmup_stat`, also returns the warm-up statistic mean((1 - p_u) * h), detached;
     otherwise None.
+
+    Always computed in float32 (or wider): logits from a bf16 autocast forward are upcast
+    here, since bf16's 8-bit mantissa would round p_u and h far beyond the loss's own size.
     """
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
     if alpha is not None:
         # With every sample right, w = 1 everywhere and its gradient is 0: the loss is exactly
         # cross-entropy, whose fused kernel is far cheaper. Checking needs a host read, which

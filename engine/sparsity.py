@@ -134,14 +134,14 @@ class SparseMasks:
                 continue
             flat_mask = mask.view(-1)
             active = flat_mask.bool()
-            drop_score = torch.where(active, p.detach().abs().view(-1), torch.inf)
+            drop_score = torch.where(active, p.detach().abs().reshape(-1), torch.inf)
             dropped = torch.topk(drop_score, k, largest=False).indices
             kept = active.clone()
             kept[dropped] = False
             if self.method == "rigl":
                 if p.grad is None:
                     raise RuntimeError("RigL needs gradients: call update() after backward()")
-                grow_score = p.grad.detach().abs().view(-1).clone()
+                grow_score = p.grad.detach().abs().reshape(-1).clone()
             else:
                 grow_score = torch.rand(p.numel(), generator=self.generator).to(p.device)
             grow_score[kept] = -torch.inf
@@ -149,7 +149,8 @@ class SparseMasks:
             new_mask = kept.clone()
             new_mask[grown] = True
             new_weight = new_mask & ~active  # regrown connections start from zero
-            p.view(-1)[new_weight] = 0.0
+            # Through the logical shape, not a flat view: channels_last weights are NHWC.
+            p.masked_fill_(new_weight.view(p.shape), 0.0)
             moved += int(k)
             flat_mask.copy_(new_mask.to(mask.dtype))
         self.apply_()

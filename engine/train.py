@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import TrainConfig
+from engine.config import ConfigError, RuntimeConfig, TrainConfig
 from engine.data import Suite, load_suite
 from engine.evaluate import evaluate
 from engine.models import Classifier, build_model
 from engine.moon import AlphaSchedule, moon_loss
+from engine.pipeline import DeviceLoader
 from engine.sparsity import SparseMasks, drop_fraction_at
 from engine.voting import Voter, snapshot_steps
 
@@ -65,6 +69,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available")
     return torch.device(name)
+
+
+def check_runtime(rt: RuntimeConfig, device: torch.device) -> None:
+    """Refuse runtime settings the resolved device cannot honour (ConfigError)."""
+    if rt.autocast == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            "runtime.autocast: 'bf16' is not supported by this GPU (needs compute capability "
+            "8.0+); use 'none'"
+        )
+    if rt.compile and device.type == "cpu":
+        compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if not any(c and shutil.which(c) for c in compilers):
+            raise ConfigError(
+                "runtime.compile: true on the CPU needs a C++ compiler (g++ or clang++, or "
+                "$CXX), none found; use false"
+            )
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -117,15 +137,27 @@ class Run:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.generator = seed_everything(cfg.seed)
+        check_runtime(cfg.runtime, self.device)
         self.suite = (suite or load_suite(cfg.data)).to(self.device)
         k = self.suite.num_classes
+        layout = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
         self.model = build_model(
             cfg.model.name,
             self.suite.input_shape,
             k + cfg.num_outputs_extra,
             cfg.model.width,
             cfg.model.depth,
-        ).to(self.device)
+        ).to(self.device, memory_format=layout)
+        # The compiled forward shares the model's parameters; everything else uses the model.
+        self.forward = torch.compile(self.model) if cfg.runtime.compile else self.model
+        self.loader = DeviceLoader(
+            self.suite.train.x,
+            self.suite.train.y,
+            cfg.batch_size,
+            self.generator,
+            augment=cfg.data.augment,
+            memory_format=layout,
+        )
         sp = cfg.sparsity
         self.masks = None
         if sp.method != "dense":
@@ -137,8 +169,7 @@ class Run:
             nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
             weight_decay=cfg.optim.weight_decay,
         )
-        n = len(self.suite.train.y)
-        self.steps_per_epoch = math.ceil(n / cfg.batch_size)
+        self.steps_per_epoch = len(self.loader)
         total_steps = cfg.epochs * self.steps_per_epoch
         voting = cfg.voting.mode != "off"
         self.avg_start_epoch = cfg.epochs - cfg.voting.epochs + 1 if voting else cfg.epochs + 1
@@ -153,6 +184,12 @@ class Run:
         self.step = 0
         self.history: list[dict[str, float]] = []
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context of the forward pass: bf16 autocast when asked for, else nothing."""
+        if self.cfg.runtime.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     @property
     def done(self) -> bool:
         return self.epoch >= self.cfg.epochs
@@ -166,20 +203,19 @@ class Run:
         alphas = self.alphas
         alpha = alphas.alpha(epoch) if alphas else None
         warming = alphas is not None and alphas.in_warmup(epoch) and cfg.moon.alpha_mode == "auto"
-        x_train, y_train = self.suite.train.x, self.suite.train.y
-        n = len(y_train)
+        n = len(self.suite.train.y)
         model.train()
-        perm = torch.randperm(n, generator=self.generator).to(self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         moved = 0
-        for i in range(self.steps_per_epoch):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
+        for i, (xb, yb) in enumerate(self.loader.epoch()):
             lr = self.lr_at(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(xb)
+            with self.autocast():
+                logits = self.forward(xb)
+            # MOON's loss and the logged figures in float32 (a no-op without autocast).
+            logits = logits.float()
             if alphas is not None:
                 loss, warmup_stat = moon_loss(logits, yb, alpha, warmup_stat=warming)
                 if warmup_stat is not None:
