@@ -1,0 +1,84 @@
+"""Hypervolume of a multi-objective Optuna study after each trial, from Optuna's own plot.
+
+The hypervolume is the volume of objective space that the feasible trials dominate, bounded
+by a reference point. Optuna computes it for `plot_hypervolume_history` (complete, feasible
+trials only, in trial-number order); this module reads those values back from the plot.
+
+The reference point here is the **nadir of the observed values**: per objective, the worst
+value over the complete trials of the studies compared (the minimum of a maximised
+objective, the maximum of a minimised one). It is deterministic given the trials, every
+complete trial lies on or inside it, and a trial on it adds no volume. Studies compared with
+each other must share one reference point (`nadir([study_a, study_b])`).
+
+Example:
+    >>> import optuna  # doctest: +SKIP
+    >>> ref = nadir([study])  # doctest: +SKIP
+    >>> numbers, volumes = hypervolume_history(study, ref)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from optuna.study import StudyDirection  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+
+def nadir(studies: Sequence[optuna.Study]) -> list[float]:
+    """Per objective, the worst value over the complete trials of `studies` (one shared
+    direction per objective). Raises ValueError when no study holds a complete trial."""
+    directions = studies[0].directions
+    values = [
+        t.values
+        for study in studies
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+    if not values:
+        raise ValueError("no complete trial to set a hypervolume reference point from")
+    table = np.asarray(values, dtype=float)
+    return [
+        float(table[:, i].min() if d == StudyDirection.MAXIMIZE else table[:, i].max())
+        for i, d in enumerate(directions)
+    ]
+
+
+def plot_history(study: optuna.Study, reference: Sequence[float]) -> Axes:
+    """Optuna's hypervolume-history plot (matplotlib); the global style is left untouched."""
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings(), plt.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.visualization.matplotlib.plot_hypervolume_history(study, list(reference))
+
+
+def hypervolume_history(
+    study: optuna.Study, reference: Sequence[float]
+) -> tuple[list[int], list[float]]:
+    """(trial numbers, hypervolume after each) over the complete trials, as Optuna plots it.
+
+    A failed, stopped or infeasible trial adds nothing; callers that count every trial
+    carry the last value forward (see `volume_after`)."""
+    import matplotlib.pyplot as plt
+
+    ax = plot_history(study, reference)
+    numbers: list[int] = []
+    volumes: list[float] = []
+    if ax.lines:
+        numbers = [int(x) for x in ax.lines[0].get_xdata()]
+        volumes = [float(y) for y in ax.lines[0].get_ydata()]
+    plt.close(ax.figure)
+    return numbers, volumes
+
+
+def volume_after(numbers: Sequence[int], volumes: Sequence[float], trial: int) -> float:
+    """The hypervolume once trials 0..`trial` have ended (0 before any complete trial)."""
+    done = [v for n, v in zip(numbers, volumes, strict=True) if n <= trial]
+    return done[-1] if done else 0.0

@@ -1,0 +1,312 @@
+"""The report's figures (matplotlib, Agg), each built from plain rows and arrays.
+
+Rows are `sweep.status.trial_rows(state, all_metrics=True)` rows: `arm`, `trial`,
+`sparsity.method`, `moon.enabled`, `moon.alpha_mode`, the achieved `density` and the MLflow
+metrics (`val/accuracy`, `accuracy`, ...). Every function returns a `Figure`; the caller
+saves and closes it.
+
+Example:
+    >>> fig = metrics_vs_density([{"arm": "dense", "sparsity.method": "dense",
+    ...     "moon.enabled": "False", "density": 1.0, "accuracy": 0.9, "val/accuracy": 0.9,
+    ...     "auroc_near": 0.8, "val/auroc_near": 0.8, "ece": 0.1, "val/ece": 0.1}])
+    >>> len(fig.axes)
+    6
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+Row = dict[str, Any]
+METHOD_COLOURS = {"rigl": "tab:blue", "set": "tab:orange", "static": "tab:green", "dense": "k"}
+BASELINE_MARKERS = {"moon_auto": "D", "no_moon": "s", "dense": "^"}
+
+
+def _value(row: Row, key: str) -> float:
+    value = row.get(key)
+    try:
+        return float(value) if value is not None else np.nan
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _moon_on(row: Row) -> bool:
+    return str(row.get("moon.enabled")).lower() == "true"
+
+
+def pareto_front_figure(
+    rows: Sequence[Row],
+    front_2d: Sequence[Row],
+    front_all: Sequence[Row],
+    chosen: Row | None,
+) -> Figure:
+    """Accuracy vs near-OOD AUROC of every finished trial, colour = achieved density.
+
+    Left: validation figures (what selection sees), right: the same trials on the test parts.
+    The dashed line joins the accuracy/auroc_near Pareto front (validation); a black edge
+    marks trials on the front over all the sweep's objectives; baselines have their own
+    markers and the chosen trial is a red star."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    densities = [_value(r, "density") for r in rows]
+    finite = [d for d in densities if np.isfinite(d) and d > 0]
+    norm = LogNorm(min(finite, default=0.01), max(finite, default=1.0) * 1.0001)
+    front_ids = {r["mlflow_run_id"] for r in front_all}
+    scatter = None
+    for ax, prefix, title in ((axes[0], "val/", "validation"), (axes[1], "", "test")):
+        searched = [r for r in rows if r["arm"] == "search"]
+        for row in searched:
+            on_front = row["mlflow_run_id"] in front_ids
+            scatter = ax.scatter(
+                _value(row, f"{prefix}accuracy"),
+                _value(row, f"{prefix}auroc_near"),
+                c=[_value(row, "density")],
+                cmap="viridis",
+                norm=norm,
+                s=55,
+                edgecolors="k" if on_front else "none",
+                linewidths=1.2,
+                zorder=3,
+            )
+        line = sorted(front_2d, key=lambda r: _value(r, "val/accuracy"))
+        ax.plot(
+            [_value(r, f"{prefix}accuracy") for r in line],
+            [_value(r, f"{prefix}auroc_near") for r in line],
+            "--",
+            color="0.4",
+            lw=1,
+            zorder=2,
+            label="Pareto front (val accuracy / auroc_near)",
+        )
+        for row in rows:
+            if row["arm"] == "search":
+                continue
+            ax.scatter(
+                _value(row, f"{prefix}accuracy"),
+                _value(row, f"{prefix}auroc_near"),
+                c=[_value(row, "density")],
+                cmap="viridis",
+                norm=norm,
+                marker=BASELINE_MARKERS.get(row["arm"], "P"),
+                s=90,
+                edgecolors="r",
+                linewidths=1.5,
+                zorder=4,
+                label=f"baseline {row['arm']}",
+            )
+        if chosen is not None:
+            ax.scatter(
+                _value(chosen, f"{prefix}accuracy"),
+                _value(chosen, f"{prefix}auroc_near"),
+                marker="*",
+                s=320,
+                c="red",
+                edgecolors="k",
+                zorder=5,
+                label="chosen",
+            )
+        ax.set_xlabel(f"{prefix}accuracy")
+        ax.set_ylabel(f"{prefix}auroc_near")
+        ax.set_title(f"{title} parts")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=axes, label="achieved density", shrink=0.9)
+    return fig
+
+
+def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure:
+    """Near-OOD AUROC, ECE and accuracy against achieved density, one colour per sparse
+    method (filled: MOON on, hollow: off), the chosen trial ringed in red; top row
+    validation, bottom row test."""
+    metrics = ("auroc_near", "ece", "accuracy")
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True, squeeze=False)
+    methods = sorted({str(r.get("sparsity.method")) for r in rows})
+    for i, prefix in enumerate(("val/", "")):
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for method in methods:
+                colour = METHOD_COLOURS.get(method, "tab:purple")
+                for moon in (True, False):
+                    group = [
+                        r
+                        for r in rows
+                        if str(r.get("sparsity.method")) == method and _moon_on(r) == moon
+                    ]
+                    if not group:
+                        continue
+                    ax.scatter(
+                        [_value(r, "density") for r in group],
+                        [_value(r, f"{prefix}{metric}") for r in group],
+                        s=40,
+                        facecolors=colour if moon else "none",
+                        edgecolors=colour,
+                        label=f"{method}, MOON {'on' if moon else 'off'}",
+                    )
+            if chosen is not None:
+                ax.scatter(
+                    _value(chosen, "density"),
+                    _value(chosen, f"{prefix}{metric}"),
+                    s=160,
+                    facecolors="none",
+                    edgecolors="r",
+                    linewidths=1.5,
+                    label="chosen",
+                )
+            for row in rows:
+                if row["arm"] != "search":
+                    ax.annotate(
+                        row["arm"],
+                        (_value(row, "density"), _value(row, f"{prefix}{metric}")),
+                        fontsize=7,
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
+            ax.set_xscale("log")
+            ax.set_xlabel("achieved density")
+            ax.set_ylabel(f"{prefix}{metric}")
+            ax.set_title(f"{metric} ({'validation' if prefix else 'test'})")
+            ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def alpha_schedules(
+    histories: Mapping[str, Sequence[tuple[int, float]]],
+    modes: Mapping[str, str],
+    auto_label: str | None,
+    chosen_label: str | None,
+) -> Figure:
+    """MOON's loss weight alpha per epoch: the auto-tuned baseline (black), the searched
+    trials (auto-tuned with searched init_factor/alpha_final in blue, fixed alpha in
+    orange) and the chosen trial (red). Warm-up epochs (alpha 0) are not drawn (log axis)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8), constrained_layout=True)
+    styles = {
+        "auto": ("tab:blue", "searched, auto-tuned"),
+        "fixed": ("tab:orange", "searched, fixed"),
+    }
+    labelled: set[str] = set()
+    # The two highlighted schedules last, so the searched ones do not hide them.
+    order = sorted(histories, key=lambda label: label in (auto_label, chosen_label))
+    for label in order:
+        points = histories[label]
+        epochs = [e for e, a in points if a > 0]
+        alphas = [a for _, a in points if a > 0]
+        if not alphas:
+            continue
+        if label == auto_label:
+            ax.plot(epochs, alphas, "k-", lw=2.5, label=f"auto-tuned baseline ({label})")
+        elif label == chosen_label:
+            ax.plot(epochs, alphas, "r-", lw=2.5, marker="o", ms=3, label=f"chosen ({label})")
+        else:
+            colour, name = styles.get(modes.get(label, ""), ("0.5", "searched"))
+            ax.plot(
+                epochs,
+                alphas,
+                color=colour,
+                lw=1,
+                alpha=0.6,
+                label=None if name in labelled else name,
+            )
+            labelled.add(name)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("alpha")
+    ax.set_title("MOON alpha per epoch (mean over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no trial with MOON on", ha="center", transform=ax.transAxes)
+    return fig
+
+
+def reliability(parts: Mapping[str, tuple[np.ndarray, np.ndarray, float]], bins: int) -> Figure:
+    """Reliability diagrams: per part, (confidence, correct, ece) of the ID samples; bars
+    below count the samples per confidence bin."""
+    from sklearn.calibration import CalibrationDisplay
+
+    fig, axes = plt.subplots(
+        2,
+        len(parts),
+        figsize=(5.5 * len(parts), 6.5),
+        gridspec_kw={"height_ratios": [3, 1]},
+        constrained_layout=True,
+        squeeze=False,
+    )
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for j, (name, (confidence, correct, ece)) in enumerate(parts.items()):
+        ax = axes[0][j]
+        CalibrationDisplay.from_predictions(
+            correct.astype(int), confidence, n_bins=bins, strategy="uniform", ax=ax, name=name
+        )
+        ax.set_title(f"{name}: ECE {ece:.4f} ({bins} bins)")
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy in bin")
+        axes[1][j].hist(confidence, bins=edges, color="tab:blue")
+        axes[1][j].set_xlabel("confidence")
+        axes[1][j].set_ylabel("samples")
+        axes[1][j].set_yscale("log")
+    return fig
+
+
+def roc_curves(parts: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
+    """ROC curves ID (positive) vs each OOD set; per part {set: (labels, scores)}."""
+    from sklearn.metrics import RocCurveDisplay
+
+    fig, axes = plt.subplots(
+        1, len(parts), figsize=(5.5 * len(parts), 5), constrained_layout=True, squeeze=False
+    )
+    for ax, (part, sets) in zip(axes[0], parts.items(), strict=True):
+        for name, (labels, scores) in sets.items():
+            RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=name)
+        ax.plot([0, 1], [0, 1], ":", color="0.5")
+        ax.set_title(f"{part} OOD parts")
+        ax.set_xlabel("false positive rate (OOD accepted)")
+        ax.set_ylabel("true positive rate (ID accepted)")
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def importances(per_objective: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Optuna's parameter importances, one group of bars per objective."""
+    params = sorted({p for values in per_objective.values() for p in values})
+    bars = max(len(params), 1) * max(len(per_objective), 1)
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.3 * bars))
+    height = 0.8 / max(len(per_objective), 1)
+    y = np.arange(len(params))
+    for i, (objective, values) in enumerate(per_objective.items()):
+        ax.barh(
+            y + i * height,
+            [values.get(p, 0.0) for p in params],
+            height=height,
+            label=objective,
+        )
+    ax.set_yticks(y + height * (len(per_objective) - 1) / 2, params)
+    ax.invert_yaxis()
+    ax.set_xlabel("importance (normalised per objective)")
+    ax.set_title("Optuna parameter importances (PED-ANOVA)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def message(text: str) -> Figure:
+    """A small figure that says why a plot is missing (too few trials, no study)."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig

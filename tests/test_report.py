@@ -1,0 +1,284 @@
+"""`moonsweep report` on a small real sweep (embedded Ray, MLflow and Optuna on SQLite, tiny
+real trainings), checked against the stores, by hand and in headless Chromium."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
+
+from sweep.hypervolume import hypervolume_history, nadir, volume_after
+from sweep.orchestrator import load_state
+from sweep.replay import _load_dict
+from sweep.report import TABLE_METRICS, comparison_markdown, t_interval
+from sweep.search import make_storage
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+base: default
+set:
+  epochs: 6
+  voting.epochs: 2
+  moon.warmup_epochs: 2
+  model.width: 64
+  sparsity.update_interval: 5
+parameters:
+  sparsity.method: {distribution: categorical, choices: [rigl, set]}
+  sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
+  moon.alpha_mode: {distribution: categorical, choices: [auto, fixed]}
+  moon.alpha_final: {distribution: log_uniform, low: 0.1, high: 10, when: {moon.alpha_mode: auto}}
+  moon.alpha: {distribution: log_uniform, low: 0.01, high: 10, when: {moon.alpha_mode: fixed}}
+objectives:
+  - {metric: val/auroc_near, direction: maximize}
+  - {metric: val/accuracy, direction: maximize}
+  - {metric: val/ece, direction: minimize}
+constraints:
+  - {metric: val/accuracy, op: ">=", baseline: dense, offset: -0.05}
+sampler: {name: random, seed: 3}
+seeds: [0, 1]
+budget: {trials: 6, max_concurrent: 2}
+early_stopping: null
+report_every: 3
+"""
+IMAGES = {
+    "pareto.png",
+    "density.png",
+    "alpha.png",
+    "reliability.png",
+    "roc.png",
+    "importances.png",
+    "hypervolume.png",
+}
+CHROMIUM = "/usr/bin/chromium"
+
+
+def moonsweep(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MOONSWEEP_WORKDIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    root = tmp_path_factory.mktemp("report")
+    (root / "space.yaml").write_text(SPACE)
+    workdir = root / "w"
+    run = moonsweep(
+        "run", "--space", str(root / "space.yaml"), "--workdir", str(workdir), "--name", "rep"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    proc = moonsweep("report", "rep", "--workdir", str(workdir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((workdir / "rep" / "report" / "report.json").read_text())
+    return workdir, summary, proc.stdout
+
+
+def _client(workdir: Path) -> tuple:
+    state, _ = load_state("rep", workdir)
+    return state, MlflowClient(state.tracking_uri)
+
+
+def test_report_files_and_parent_run(reported) -> None:
+    workdir, summary, stdout = reported
+    folder = workdir / "rep" / "report"
+    assert {p.name for p in folder.iterdir()} == IMAGES | {"report.html", "report.json"}
+    for name in IMAGES:
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100, name
+    state, client = _client(workdir)
+    logged = {Path(a.path).name for a in client.list_artifacts(state.parent_run_id, "report")}
+    assert logged == IMAGES | {"report.html", "report.json"}
+    # Self-contained: every figure is embedded, nothing is fetched from elsewhere.
+    text = (folder / "report.html").read_text()
+    assert text.count('src="data:image/png;base64,') == len(IMAGES)
+    assert "http://" not in text and "https://" not in text
+    assert "| best searched |" in stdout and str(folder / "report.html") in stdout
+    assert summary["trial_states"] == {"done": 9}
+
+
+def test_arms_are_the_right_runs_and_figures_follow_the_seeds(reported) -> None:
+    workdir, summary, _ = reported
+    state, client = _client(workdir)
+    from sweep.selection import select
+
+    assert summary["arms"]["chosen"] == select(state).chosen["mlflow_run_id"]
+    for arm in ("moon_auto", "no_moon", "dense"):
+        run = client.get_run(summary["arms"][arm])
+        assert run.data.tags["moonsweep.arm"] == arm
+    seeds = {}
+    for arm, run_id in summary["arms"].items():
+        seeds[arm] = [_load_dict(client, run_id, f"final/metrics-seed{s}.json") for s in (0, 1)]
+        recorded = client.get_run(run_id).data.metrics  # the trial's own mean over seeds
+        for metric in TABLE_METRICS:
+            for part, prefix in (("test", ""), ("val", "val/")):
+                values = [m[prefix + metric] for m in seeds[arm]]
+                cell = summary["table"][part][arm][metric]
+                half = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / math.sqrt(2)
+                assert cell["mean"] == pytest.approx(recorded[prefix + metric], abs=1e-9)
+                assert cell["low"] == pytest.approx(np.mean(values) - half, abs=1e-9)
+                assert cell["high"] == pytest.approx(np.mean(values) + half, abs=1e-9)
+    for arm in ("moon_auto", "no_moon", "dense"):
+        for metric in TABLE_METRICS:
+            diffs = [
+                c[metric] - b[metric] for c, b in zip(seeds["chosen"], seeds[arm], strict=True)
+            ]
+            delta = summary["deltas"]["test"][arm][metric]
+            assert delta["mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
+            assert delta["n"] == 2
+
+
+def test_chosen_model_reevaluated_from_its_checkpoint(reported) -> None:
+    # The reliability diagram and ROC curves come from the checkpoint; their figures must be
+    # the ones the trial recorded for that seed.
+    workdir, summary, _ = reported
+    _, client = _client(workdir)
+    recorded = _load_dict(client, summary["arms"]["chosen"], "final/metrics-seed0.json")
+    again = summary["chosen_reevaluated"]
+    assert again["seed"] == 0
+    for part, prefix in (("test", ""), ("val", "val/")):
+        assert again["ece"][part] == pytest.approx(recorded[prefix + "ece"], abs=1e-6)
+        assert again["accuracy"][part] == pytest.approx(recorded[prefix + "accuracy"], abs=1e-9)
+        assert set(again["auroc"][part]) == {"digits_6-9", "photos", "noise"}
+        for name, value in again["auroc"][part].items():
+            assert value == pytest.approx(recorded[f"{prefix}auroc/{name}"], abs=1e-9)
+
+
+def _brute_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """Union of the boxes [p, reference] (all minimised), cell by cell on the coordinate grid."""
+    axes = [np.unique(np.r_[points[:, d], reference[d]]) for d in range(points.shape[1])]
+    total = 0.0
+    for cell in itertools.product(*[range(len(a) - 1) for a in axes]):
+        low = np.array([a[i] for a, i in zip(axes, cell, strict=True)])
+        high = np.array([a[i + 1] for a, i in zip(axes, cell, strict=True)])
+        if (points <= low).all(axis=1).any():
+            total += float(np.prod(high - low))
+    return total
+
+
+def test_hypervolume_against_brute_force(reported) -> None:
+    workdir, summary, _ = reported
+    state, _ = _client(workdir)
+    study = optuna.load_study(study_name="rep", storage=make_storage(state.storage_url))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    values = np.array([t.values for t in complete])
+    sign = np.array([-1.0, -1.0, 1.0])  # maximise, maximise, minimise -> all minimised
+    expected_ref = [values[:, 0].min(), values[:, 1].min(), values[:, 2].max()]
+    reference = nadir([study])
+    assert reference == pytest.approx(expected_ref)
+    assert summary["hypervolume_reference"] == pytest.approx(expected_ref)
+    numbers, volumes = hypervolume_history(study, reference)
+    assert numbers == [t.number for t in complete]
+    for trial in complete:
+        upto = [
+            t.values
+            for t in complete
+            if t.number <= trial.number and all(v <= 0 for v in t.constraints.values())
+        ]
+        brute = _brute_hypervolume(np.array(upto) * sign, np.array(reference) * sign) if upto else 0
+        assert volume_after(numbers, volumes, trial.number) == pytest.approx(brute, abs=1e-12)
+    assert volumes[-1] > 0  # the sweep has a feasible trial inside the reference box
+
+
+def test_importances_per_objective(reported) -> None:
+    workdir, summary, _ = reported
+    state, _ = _client(workdir)
+    study = optuna.load_study(study_name="rep", storage=make_storage(state.storage_url))
+    searched = {name for t in study.trials for name in t.params}
+    assert sorted(summary["importances"]) == ["val/accuracy", "val/auroc_near", "val/ece"]
+    for values in summary["importances"].values():
+        assert set(values) <= searched and "sparsity.density" in values
+        assert sum(values.values()) == pytest.approx(1.0)
+
+
+def test_report_renders_in_chromium(reported) -> None:
+    from playwright.sync_api import sync_playwright
+
+    workdir, _, _ = reported
+    page_file = workdir / "rep" / "report" / "report.html"
+    assert Path(CHROMIUM).exists(), "Chromium missing: run .ci/system-deps.sh (make test does)"
+    errors: list[str] = []
+    shot = page_file.parent.parent / "screenshot.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(page_file.as_uri(), wait_until="load")
+            widths = page.evaluate(
+                "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+            )
+            headings = page.evaluate(
+                "Array.from(document.querySelectorAll('h2')).map(h => h.textContent)"
+            )
+            page.screenshot(path=str(shot), full_page=True)
+            figure_shots = [img.screenshot() for img in page.query_selector_all("img")]
+        finally:
+            browser.close()
+    assert errors == []
+    assert {alt for alt, _, _ in widths} == IMAGES
+    assert all(done and width > 100 for _, done, width in widths), widths
+    assert "Pareto front" in headings and "Hypervolume against trial count" in headings
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.shape[0] > 2000  # the whole page, figures included
+    assert pixels.std() > 20  # not a blank page
+    import io
+
+    for png in figure_shots:  # each figure as drawn on the page holds a plot, not a blank box
+        with Image.open(io.BytesIO(png)) as image:
+            drawn = np.asarray(image.convert("L"), dtype=float)
+        assert drawn.std() > 10 and (drawn < 128).mean() > 0.005
+
+
+def test_unknown_sweep_exits_2(reported) -> None:
+    workdir, _, _ = reported
+    proc = moonsweep("report", "nope", "--workdir", str(workdir))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no sweep named 'nope' in {workdir}; sweeps there: rep"
+    ]
+
+
+def test_t_interval_by_hand() -> None:
+    one = t_interval([0.5])
+    assert one.mean == 0.5 and math.isnan(one.low) and one.n == 1
+    same = t_interval([0.2, 0.2, 0.2])
+    assert (same.low, same.high) == (pytest.approx(0.2), pytest.approx(0.2))
+    # n = 3, mean 2, sd 1: half-width t_{0.975,2} * 1 / sqrt(3) = 4.302653 / 1.732051
+    three = t_interval([1.0, 2.0, 3.0])
+    assert three.high - 2.0 == pytest.approx(4.302653 / math.sqrt(3), abs=1e-6)
+    summary = {
+        "metrics": ["accuracy"],
+        "table": {"test": {"dense": {"accuracy": three.as_dict()}}},
+        "deltas": {"test": {}},
+    }
+    assert comparison_markdown(summary).splitlines()[-1] == "| dense | 200.00 [-48.41, 448.41] |"
