@@ -128,6 +128,7 @@ def register(state: SweepState, selection: Selection, name: str, alias: str = CH
                 pip_requirements=[f"{p}=={metadata.version(p)}" for p in REQUIREMENTS],
                 registered_model_name=name,
                 signature=_signature(predictor),
+                input_example=np.full((1, *predictor.input_shape), 0.5, np.float32),
             )
     version = info.registered_model_version
     tags = _tags(state, selection, seed, per_seed[seed], predictor)
@@ -139,7 +140,7 @@ def register(state: SweepState, selection: Selection, name: str, alias: str = CH
 
 def _signature(predictor: Predictor) -> ModelSignature:
     """Raw images (N, C, H, W) float32 in; per image the Prediction's fields out."""
-    images = TensorSpec(np.dtype(np.float32), (-1, *predictor.input_shape), "images")
+    images = TensorSpec(np.dtype(np.float32), (-1, *predictor.input_shape))
     outputs = [
         ColSpec("string", "label"),
         ColSpec("long", "class_index"),
