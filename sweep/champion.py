@@ -101,8 +101,15 @@ def register(state: SweepState, selection: Selection, name: str, alias: str = CH
     client = MlflowClient(state.tracking_uri)
     seeds = [int(s) for s in state.space.get("seeds", [0])]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(client.download_artifacts(run_id, "final", tmp))
-        per_seed = {s: json.loads((folder / f"metrics-seed{s}.json").read_text()) for s in seeds}
+        try:
+            folder = Path(client.download_artifacts(run_id, "final", tmp))
+            per_seed = {
+                s: json.loads((folder / f"metrics-seed{s}.json").read_text()) for s in seeds
+            }
+        except (MlflowException, OSError) as exc:
+            raise ConfigError(
+                f"trial {row['trial']} (run {run_id}) has no final models to register: {exc}"
+            ) from None
         seed = _best_seed(selection, seeds, per_seed)
         checkpoint_path = folder / f"model-seed{seed}.pt"
         checkpoint = load_checkpoint(checkpoint_path)
@@ -187,4 +194,3 @@ def load_predictor(model: str, tracking_uri: str) -> Predictor:
     except MlflowException as exc:
         raise ConfigError(f"cannot load model {model!r} ({uri}): {exc.message}") from None
     return loaded.unwrap_python_model().predictor
-

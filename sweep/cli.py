@@ -99,9 +99,20 @@ def run(
     trials: Annotated[int | None, Opt(min=1, help="Searched trials (baselines extra)")] = None,
     epochs: Annotated[int | None, Opt(min=1, help="Epochs per trial")] = None,
     max_concurrent: Annotated[int | None, Opt(min=1, help="Trials at once")] = None,
-    address: Annotated[str | None, Opt(help="Ray cluster to join (default: embedded)")] = None,
-    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI")] = None,
-    storage: Annotated[str | None, Opt(help="Optuna storage URL")] = None,
+    address: Annotated[
+        str | None,
+        Opt(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (or $RAY_ADDRESS)"),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, Opt(help="MLflow tracking URI, e.g. http://HOST:5000 ($MLFLOW_TRACKING_URI)")
+    ] = None,
+    storage: Annotated[
+        str | None, Opt(help="Optuna storage, e.g. postgresql://... ($MOONSWEEP_STORAGE)")
+    ] = None,
+    results: Annotated[
+        str | None,
+        Opt(help="Ray's results on a cluster: shared path or s3://... ($MOONSWEEP_RESULTS)"),
+    ] = None,
     cpus_per_trial: Annotated[float | None, Opt(help="CPUs per trial (space's default)")] = None,
     gpus_per_trial: Annotated[
         float | None, Opt(help="GPU fraction per trial, e.g. 0.25 (space's default)")
@@ -120,6 +131,7 @@ def run(
         address=address,
         tracking_uri=tracking_uri,
         storage=storage,
+        results=results,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
     )
@@ -174,7 +186,8 @@ def status(
         "moon.alpha": "alpha",
     }
     short = [{**r, **{name: r[key] for key, name in params.items()}} for r in rows]
-    columns = ["trial", "arm", "state", "optuna", *params.values(), *KEY_METRICS, "mlflow_run_id"]
+    columns = ["trial", "arm", "state", "optuna", *params.values(), *KEY_METRICS, "host", "node"]
+    columns.append("mlflow_run_id")
     typer.echo(format_table(short, columns))
 
 
@@ -297,6 +310,9 @@ def select(
     typer.echo("baselines:")
     typer.echo(format_table(selection.baselines, columns))
     typer.echo("\n".join(["", *selection.reasons]))
+    test = ["accuracy", "auroc_near", "auroc_far", "fpr95_near", "ece"]
+    shown = "  ".join(f"{m} {chosen[m]:.4g}" for m in test if chosen.get(m) is not None)
+    typer.echo(f"test figures of the chosen trial (not used to choose): {shown}")
     typer.echo(f"chosen: {chosen['trial']}  runs:/{chosen['mlflow_run_id']}")
     if version is not None:
         typer.echo(
