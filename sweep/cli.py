@@ -268,6 +268,10 @@ def select(
     as_json: Annotated[bool, Opt("--json", help="Print the selection as JSON")] = False,
 ) -> None:
     """Choose a model: Pareto front, constraints, preferred metric (validation figures only)."""
+    import os
+
+    # Confirmation reads each trial's trial.json: no download progress bars in the output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from sweep.orchestrator import load_state, quiet_libraries
     from sweep.selection import select as choose
     from sweep.status import format_table
