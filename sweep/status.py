@@ -49,6 +49,11 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[dict[str, A
                 **(dict(metrics) if all_metrics else {}),
                 "epochs": metrics.get("epoch"),
                 "fail_reason": tags.get("moonsweep.fail_reason", ""),
+                # Where it ran (last): the host, and Ray's node id (short in the table).
+                "host": tags.get("moonsweep.hostname", ""),
+                "node_ip": tags.get("moonsweep.node_ip", ""),
+                "node_id": tags.get("moonsweep.node_id", ""),
+                "node": tags.get("moonsweep.node_id", "")[:8],
                 "mlflow_run_id": run.info.run_id,
             }
         )
