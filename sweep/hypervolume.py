@@ -4,11 +4,14 @@ The hypervolume is the volume of objective space that the feasible trials domina
 by a reference point. Optuna computes it for `plot_hypervolume_history` (complete, feasible
 trials only, in trial-number order); this module reads those values back from the plot.
 
-The reference point here is the **nadir of the observed values**: per objective, the worst
-value over the complete trials of the studies compared (the minimum of a maximised
-objective, the maximum of a minimised one). It is deterministic given the trials, every
-complete trial lies on or inside it, and a trial on it adds no volume. Studies compared with
-each other must share one reference point (`nadir([study_a, study_b])`).
+The reference point here is the **nadir of the feasible values**: per objective, the worst
+value over the complete trials that meet their constraints, in the studies compared (the
+minimum of a maximised objective, the maximum of a minimised one; over all complete trials
+when none is feasible). Only feasible trials add volume, so an infeasible trial (a diverged
+or collapsed one) must not stretch the box: it would shrink every real difference to a
+sliver. It is deterministic given the trials, every feasible trial lies on or inside it,
+and a trial on it adds no volume. Studies compared with each other must share one
+reference point (`nadir([study_a, study_b])`).
 
 Example:
     >>> import optuna  # doctest: +SKIP
@@ -32,18 +35,24 @@ from optuna.study import StudyDirection  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Optuna's convention: every constraint value <= 0 (a trial without any is feasible)."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
 def nadir(studies: Sequence[optuna.Study]) -> list[float]:
-    """Per objective, the worst value over the complete trials of `studies` (one shared
-    direction per objective). Raises ValueError when no study holds a complete trial."""
+    """Per objective, the worst value over the complete feasible trials of `studies` (over
+    all complete trials if none is feasible); one shared direction per objective. Raises
+    ValueError when no study holds a complete trial."""
     directions = studies[0].directions
-    values = [
-        t.values
+    complete = [
+        t
         for study in studies
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
-    if not values:
+    if not complete:
         raise ValueError("no complete trial to set a hypervolume reference point from")
-    table = np.asarray(values, dtype=float)
+    table = np.asarray([t.values for t in complete if feasible(t)] or [t.values for t in complete])
     return [
         float(table[:, i].min() if d == StudyDirection.MAXIMIZE else table[:, i].max())
         for i, d in enumerate(directions)

@@ -115,15 +115,39 @@ def pareto_front_figure(
                 zorder=5,
                 label="chosen",
             )
+        hidden = _zoom(ax, rows, f"{prefix}accuracy", f"{prefix}auroc_near")
         ax.set_xlabel(f"{prefix}accuracy")
         ax.set_ylabel(f"{prefix}auroc_near")
-        ax.set_title(f"{title} parts")
+        ax.set_title(f"{title} parts" + (f" ({hidden} weaker trials outside)" if hidden else ""))
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     if scatter is not None:
         fig.colorbar(scatter, ax=axes, label="achieved density", shrink=0.9)
     return fig
+
+
+def _zoom(ax: Any, rows: Sequence[Row], x_key: str, y_key: str) -> int:
+    """Limit the view to the better half of the trials and every baseline, so a few very weak
+    trials do not squeeze the front into a corner; returns how many points fall outside."""
+    xs = np.array([_value(r, x_key) for r in rows])
+    ys = np.array([_value(r, y_key) for r in rows])
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    if ok.sum() < 4:
+        return 0
+    base = np.array([r["arm"] != "search" for r in rows]) & ok
+    limits = []
+    for values in (xs, ys):
+        low = float(np.median(values[ok]))
+        if base.any():
+            low = min(low, float(values[base].min()))
+        high = float(values[ok].max())
+        margin = 0.08 * max(high - low, 1e-3)
+        limits.append((low - margin, high + margin))
+    ax.set_xlim(*limits[0])
+    ax.set_ylim(*limits[1])
+    inside = (xs >= limits[0][0]) & (ys >= limits[1][0])
+    return int((ok & ~inside).sum())
 
 
 def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure:

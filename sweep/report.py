@@ -102,7 +102,8 @@ class Report:
 
 
 def _select(state: SweepState) -> tuple[Any | None, list[str]]:
-    """4a's selection with the space's constraints; without them if none is feasible."""
+    """`sweep.selection.select` with the space's constraints; without them when no trial
+    meets them (the reasons say so); None when nothing can be chosen."""
     from sweep.selection import select
 
     try:
@@ -279,12 +280,14 @@ def _cell(interval: Interval, signed: bool = False) -> str:
     return f"{mean} [{fmt.format(100 * interval.low)}, {fmt.format(100 * interval.high)}]"
 
 
-def _table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def _table(head: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
+    """An HTML table; no header row when `head` is empty."""
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    thead = f"<thead><tr>{cells}</tr></thead>" if head else ""
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body
     )
-    return f"<table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<table class='{css}'>{thead}<tbody>{rows}</tbody></table>"
 
 
 def comparison_markdown(summary: dict[str, Any], part: str = "test") -> str:
@@ -331,7 +334,8 @@ CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
+table.kv td{text-align:left;white-space:normal}
 td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:0.9em}code{background:#f4f4f4;padding:0 3px}
@@ -352,7 +356,7 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     trials = summary["trials"]
     objectives = ", ".join(f"{m} ({d})" for m, d in summary["objectives"])
     header = _table(
-        ["", ""],
+        [],
         [
             ["sweep", summary["name"]],
             ["status", summary["status"]],
@@ -363,6 +367,7 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
             ["MLflow", f"{summary['tracking_uri']} (experiment moonsweep-{summary['name']})"],
             ["generated", summary["generated"]],
         ],
+        css="kv",
     )
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
@@ -544,11 +549,16 @@ def build_report(
     study = _study(state)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"] if study else []
     importances: dict[str, dict[str, float]] = {}
+    why_not = "fewer than 2 complete Optuna trials"
     if len(complete) >= 2:
-        importances = param_importances(study, [m for m, _ in objectives])
+        try:
+            importances = param_importances(study, [m for m, _ in objectives])
+        except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
+            why_not = f"no importances: {exc}"
+    if importances:
         images["importances.png"] = _png(plots.importances(importances))
     else:
-        images["importances.png"] = _png(plots.message("fewer than 2 complete Optuna trials"))
+        images["importances.png"] = _png(plots.message(why_not))
     captions["importances.png"] = "optuna.importance.get_param_importances per objective."
     reference = None
     if complete:
@@ -558,8 +568,8 @@ def build_report(
         images["hypervolume.png"] = _png(ax.figure)
         point = ", ".join(f"{m} {v:.4g}" for (m, _), v in zip(objectives, reference, strict=True))
         captions["hypervolume.png"] = (
-            "Reference point: per objective the worst value over the complete trials "
-            f"(nadir) = {point}."
+            "Reference point: per objective the worst value over the complete trials that "
+            f"meet the constraints (nadir) = {point}."
         )
     else:
         images["hypervolume.png"] = _png(plots.message("no complete Optuna trial"))
