@@ -174,6 +174,9 @@ class Selection:
     # MLflow run id -> that trial's metrics on each confirmation seed (same seeds for all).
     confirmed: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     recorded_seeds: int = 0  # seeds behind each recorded (MLflow) mean
+    # Baseline arm -> the chosen trial's paired difference on `prefer` over every shared seed
+    # (mean, low, high, n, wins, seeds); filled by the confirmation.
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def confirmed_means(self, row: Row) -> dict[str, float]:
         """A confirmed trial's means over its recorded and its confirmation seeds."""
@@ -387,21 +390,38 @@ def _confirm(
         f"recorded and the confirmation seeds: {_fmt(chosen_means.get(metric))}"
     )
     selection.reasons += _against_baselines(selection, selection.chosen, chosen_means)
-    selection.reasons += _paired(selection, selection.chosen)
+    selection.reasons += _paired(state, selection, selection.chosen)
 
 
-def _paired(selection: Selection, row: Row) -> list[str]:
-    """Per baseline: on how many of the confirmation seeds the chosen trial is better."""
+def _paired(state: SweepState, selection: Selection, row: Row) -> list[str]:
+    """Per baseline: the chosen trial minus the baseline on each shared seed (the recorded
+    seeds and the confirmation seeds), its mean and 95% t-interval, and the wins."""
+    from sweep.report import _seed_metrics, t_interval
+
     metric, maximize = selection.prefer, selection.direction == "maximize"
-    mine = [m.get(metric, math.nan) for m in selection.confirmed[row["mlflow_run_id"]]]
+
+    def per_seed(r: Row) -> dict[int, dict[str, float]]:
+        new = selection.confirmed[r["mlflow_run_id"]]
+        return {**_seed_metrics(state, r), **dict(zip(selection.confirm_seeds, new, strict=True))}
+
+    mine = per_seed(row)
     lines = []
     for base in selection.baselines:
-        theirs = [m.get(metric, math.nan) for m in selection.confirmed[base["mlflow_run_id"]]]
-        deltas = [a - b for a, b in zip(mine, theirs, strict=True)]
+        theirs = per_seed(base)
+        seeds = [
+            s
+            for s in sorted(set(mine) & set(theirs))
+            if number(mine[s].get(metric)) is not None and number(theirs[s].get(metric)) is not None
+        ]
+        deltas = [mine[s][metric] - theirs[s][metric] for s in seeds]
+        if not deltas:
+            continue
+        interval = t_interval(deltas)
         wins = sum((d > 0) if maximize else (d < 0) for d in deltas)
+        selection.paired[base["arm"]] = {**interval.as_dict(), "wins": wins, "seeds": seeds}
         lines.append(
-            f"paired on seeds {', '.join(map(str, selection.confirm_seeds))}: {metric} better "
-            f"than {base['arm']} on {wins} of {len(deltas)}, mean difference "
-            f"{float(np.mean(deltas)):+.4g}"
+            f"paired over seeds {', '.join(map(str, seeds))}: {metric} minus {base['arm']} "
+            f"{interval.mean:+.4g} (95% t-interval {interval.low:+.4g} to {interval.high:+.4g}), "
+            f"better on {wins} of {len(deltas)}"
         )
     return lines

@@ -290,7 +290,25 @@ def test_confirmation_uses_the_same_new_seeds_for_all(swept) -> None:
         for i in [r["mlflow_run_id"]]
     }
     assert means[selection.chosen["mlflow_run_id"]] == pytest.approx(max(means.values()))
-    assert any("paired on seeds 2" in line for line in selection.reasons)
+    # Paired differences over the recorded seeds and the new one, by hand for dense.
+    chosen_id = selection.chosen["mlflow_run_id"]
+    deltas = [
+        _seed_file(client, chosen_id, s)["val/auroc_near"]
+        - _seed_file(client, dense["mlflow_run_id"], s)["val/auroc_near"]
+        for s in (0, 1)
+    ]
+    deltas.append(selection.confirmed[chosen_id][0]["val/auroc_near"] - again["val/auroc_near"])
+    paired = selection.paired["dense"]
+    assert paired["seeds"] == [0, 1, 2] and paired["n"] == 3
+    assert paired["mean"] == pytest.approx(np.mean(deltas), abs=1e-12)
+    assert paired["wins"] == sum(d > 0 for d in deltas)
+    assert paired["low"] <= paired["mean"] <= paired["high"]
+    assert any("paired over seeds 0, 1, 2" in line for line in selection.reasons)
+
+
+def _seed_file(client: MlflowClient, run_id: str, seed: int) -> dict:
+    path = client.download_artifacts(run_id, f"final/metrics-seed{seed}.json")
+    return json.loads(Path(path).read_text())
 
 
 def _trial_config(client: MlflowClient, run_id: str):
