@@ -65,6 +65,7 @@ ARMS: dict[str, list[str]] = {
     FULL_ARM: ["sparsity.method=rigl", "sparsity.density=0.1", "moon.enabled=true"],
 }
 # Full sizes on a GPU, small ones on the CPU (ResNet-18 steps take seconds there).
+PARTS = ("training", "pipeline", "trials")
 SIZES = {
     "cuda": {"model": "resnet18", "train_size": PAPER_TRAIN, "epochs": 3, "repeats": 2,
              "trial_epochs": 2, "workers": 8, "pipeline_size": PAPER_TRAIN},
@@ -276,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help=on_gpu)
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                     help=on_gpu)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="which measurements to run (default: all)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--trial-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -302,33 +305,40 @@ def report(res: dict[str, Any]) -> str:
         f"crop+flip, channels_last {s['channels_last']}, bf16 {s['bf16']}, "
         f"compile {s['compile']}",
         f"device: {res['device']}, torch {res['torch']}",
-        "",
-        "| arm | images/s | time ratio vs dense (range) | projected paper run (min) |",
-        "|---|---:|---|---:|",
     ]
-    for arm, m in res["training"]["summary"].items():
+    if "training" in res:
+        lines += [
+            "",
+            "| arm | images/s | time ratio vs dense (range) | projected paper run (min) |",
+            "|---|---:|---|---:|",
+        ]
+    for arm, m in res.get("training", {"summary": {}})["summary"].items():
         lines.append(
             f"| {arm} | {m['images_per_s']:,.0f} | {m['ratio_median']:.2f}x "
             f"({m['ratio_min']:.2f}-{m['ratio_max']:.2f}) | {m['paper_run_minutes']:,.1f} |"
         )
-    p = res["pipeline"]
-    lines += [
-        "",
-        f"| input pipeline (crop+flip, an epoch of {s['pipeline_size']:,} images) | images/s |",
-        "|---|---:|",
-        f"| engine.pipeline.DeviceLoader | {p['device_loader']:,.0f} |",
-        f"| torchvision DataLoader, {s['workers']} worker(s) "
-        f"| {p['torchvision_dataloader']:,.0f} |",
-        f"| ratio | {p['speedup']:.1f}x |",
-        "",
-        f"| concurrent trials ({s['trial_epochs']} epoch(s) each) | wall s | trials/h | "
-        "paper-length trials/h (ceiling) |",
-        "|---:|---:|---:|---:|",
-    ]
-    for n, t in res["trials"].items():
+    if "pipeline" in res:
+        p = res["pipeline"]
+        lines += [
+            "",
+            f"| input pipeline (crop+flip, an epoch of {s['pipeline_size']:,} images) | images/s |",
+            "|---|---:|",
+            f"| engine.pipeline.DeviceLoader | {p['device_loader']:,.0f} |",
+            f"| torchvision DataLoader, {s['workers']} worker(s) "
+            f"| {p['torchvision_dataloader']:,.0f} |",
+            f"| ratio | {p['speedup']:.1f}x |",
+        ]
+    if "trials" in res:
+        lines += [
+            "",
+            f"| concurrent trials ({s['trial_epochs']} epoch(s) each) | wall s | trials/h | "
+            "paper-length trials/h (ceiling) |",
+            "|---:|---:|---:|---:|",
+        ]
+    for n, t in res.get("trials", {}).items():
         lines.append(
             f"| {n} | {t['wall_s']:.1f} | {t['trials_per_hour']:,.1f} | "
-            f"{t['paper_trials_per_hour']:.2f} |"
+            f"{t['paper_trials_per_hour']:.3g} |"
         )
     return "\n".join(lines)
 
@@ -338,23 +348,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.trial_worker is not None:
         trial_worker(args.trial_worker)
         return 0
-    suite = synthetic_suite(args.train_size)
-    print("training throughput ...", file=sys.stderr)
-    training = measure_training(args, suite)
-    print("input pipelines ...", file=sys.stderr)
-    pipeline = measure_pipelines(args)
-    print("concurrent trials ...", file=sys.stderr)
-    trials = measure_trials(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "trial_worker")}
-    res = {
+    res: dict[str, Any] = {
         "settings": settings,
         "device": device_name(torch.device(args.device)),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "training": training,
-        "pipeline": pipeline,
-        "trials": trials,
     }
+    if "training" in args.parts:
+        print("training throughput ...", file=sys.stderr)
+        res["training"] = measure_training(args, synthetic_suite(args.train_size))
+    if "pipeline" in args.parts:
+        print("input pipelines ...", file=sys.stderr)
+        res["pipeline"] = measure_pipelines(args)
+    if "trials" in args.parts:
+        print("concurrent trials ...", file=sys.stderr)
+        res["trials"] = measure_trials(args)
     print(report(res))
     if args.json is not None:
         write_json(args.json, res)
