@@ -61,9 +61,7 @@ class MoonPredictorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.predictor = Predictor.load(context.artifacts["predictor"])
 
-    # model_input stays unannotated: our input is a tensor, which MLflow's type hints cannot
-    # describe (the logged signature does). MLflow warns about the missing hint once.
-    def predict(self, context: Any, model_input, params: Any = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: np.ndarray, params: Any = None) -> pd.DataFrame:
         rows = self.predictor.predict(np.asarray(model_input, dtype=np.float32))
         return pd.DataFrame([p.as_dict() for p in rows])
 
