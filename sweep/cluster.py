@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,24 @@ def experiment_path(results: str | None, folder: Path, name: str) -> str:
     """Where Ray keeps the sweep's experiment (for restore and for reading trials back)."""
     storage, experiment = ray_experiment(results, folder, name)
     return storage.rstrip("/") + "/" + experiment
+
+
+def unreachable_address(address: str, timeout: float = 5.0) -> str | None:
+    """What is wrong with a Ray address: malformed, or nothing answers (None: fine).
+
+    `ray.init` keeps retrying an address where nothing listens for minutes; this asks
+    once. `auto` and `ray://` addresses are left to Ray.
+    """
+    if address == "auto" or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return "not auto, HOST:PORT or ray://HOST:PORT"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return None
+    except OSError as exc:
+        return f"nothing answers there ({exc.strerror or exc})"
 
 
 def alive_nodes() -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import optuna
 import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
-from services import Postgres, RayCluster, mlflow_server, postgres, ray_cluster
+from services import Postgres, RayCluster, free_port, mlflow_server, postgres, ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +105,35 @@ def sweep(stack: Stack) -> tuple[subprocess.CompletedProcess, Path]:
         str(stack.root / "shared-results"),
     )
     return proc, workdir
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [("127.0.0.1:PORT", "nothing answers there"), ("head-node", "not auto, HOST:PORT")],
+)
+def test_bad_address_is_one_error(tmp_path: Path, address: str, message: str) -> None:
+    # Ray's own init would retry an address where nothing listens for minutes.
+    address = address.replace("PORT", str(free_port()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOONSWEEP_", "RAY_"))}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep.cli",
+            "run",
+            "--address",
+            address,
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --address {address}: {message}")
+    assert list(tmp_path.iterdir()) == []  # no store, no sweep folder
 
 
 def test_two_nodes_need_shared_results(stack: Stack) -> None:
