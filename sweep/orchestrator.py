@@ -25,6 +25,14 @@ from pydantic import BaseModel, ValidationError
 
 from engine.checkpoint import load_json, save_json
 from engine.config import ConfigError
+from sweep.cluster import (
+    check_results_storage,
+    experiment_path,
+    is_uri,
+    ray_experiment,
+    results_location,
+    unreachable_address,
+)
 from sweep.spaces import SearchSpace, load_space
 from sweep.tracking import PARENT_TAG, MlflowTracking, ensure_experiment, library_versions, mask_url
 
@@ -32,6 +40,8 @@ from sweep.tracking import PARENT_TAG, MlflowTracking, ensure_experiment, librar
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# With a tracking server MLflow prints a "View run" URL per run: the summary names the server.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class SweepOptions(BaseModel):
@@ -44,6 +54,7 @@ class SweepOptions(BaseModel):
     address: str | None = None
     tracking_uri: str | None = None
     storage: str | None = None
+    results: str | None = None
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
 
@@ -59,6 +70,7 @@ class SweepState(BaseModel):
     experiment_id: str
     parent_run_id: str
     address: str | None = None
+    results: str | None = None  # Ray's storage for the trials (None: the sweep's folder)
     status: str = "running"
     command: str = ""
     created: str = ""
@@ -149,6 +161,11 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         or os.environ.get("MOONSWEEP_STORAGE")
         or (f"sqlite:///{workdir / 'optuna.db'}")
     )
+    results = results_location(opts.results)
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    if address:  # joining a cluster: a wrong address or no shared storage writes nothing
+        _init_ray(address)
+        check_results_storage(results, address)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -178,7 +195,8 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         storage_url=storage_url,
         experiment_id=experiment_id,
         parent_run_id=parent.info.run_id,
-        address=opts.address,
+        address=address,
+        results=results,
         command=command,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
@@ -226,15 +244,35 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {
-        "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.ERROR,
         "configure_logging": True,
     }
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        ray.init(include_dashboard=False, **kwargs)
+        return
+    down = unreachable_address(address)
+    if down is not None:
+        raise ConfigError(
+            f"--address {address}: {down}; start a cluster with `ray start --head`, "
+            "or leave --address out for one machine"
+        )
+    if address.startswith("ray://"):
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:  # what `ray[client]` adds
+            raise ConfigError(
+                f"--address {address}: Ray Client needs `pip install 'ray[client]'`; "
+                "or run the sweep on the head node with --address auto"
+            )
+    try:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+            "`ray start --head`, or leave --address out for one machine"
+        ) from None
 
 
 def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
@@ -246,14 +284,17 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
 
     space = _space_of(state, folder)
     _init_ray(state.address)
+    if restore:  # a new sweep was checked before its stores were written
+        check_results_storage(state.results, state.address)
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     trainable = tune.with_resources(tune.with_parameters(run_trial, space=space), resources)
-    ray_dir = folder / "ray"
+    ray_dir = experiment_path(state.results, folder, state.name)
+    storage_path, experiment = ray_experiment(state.results, folder, state.name)
     state.status = "running"
     save_json(folder / "sweep.json", state.model_dump())
-    if restore and tune.Tuner.can_restore(str(ray_dir)):
+    if restore and tune.Tuner.can_restore(ray_dir):
         tuner = tune.Tuner.restore(
-            str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+            ray_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         total = space.budget.trials + len(space.baselines)
@@ -270,8 +311,8 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                 trial_dirname_creator=lambda t: f"{t.config.get('arm', 'trial')}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name="ray",
-                storage_path=str(folder),
+                name=experiment,
+                storage_path=storage_path,
                 verbose=0,
                 callbacks=[
                     MlflowTracking(
@@ -305,12 +346,12 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     return {"name": state.name, "status": "finished", "folder": str(folder), **cleanup}
 
 
-def _experiment_trials(ray_dir: Path) -> list[Any]:
+def _experiment_trials(ray_dir: str) -> list[Any]:
     from ray.tune import ExperimentAnalysis
 
-    if not ray_dir.exists():
+    if not is_uri(ray_dir) and not Path(ray_dir).exists():
         return []
-    return list(ExperimentAnalysis(str(ray_dir)).trials)
+    return list(ExperimentAnalysis(ray_dir).trials)
 
 
 def reconcile(state: SweepState, trial_ids: set[str]) -> dict[str, int]:

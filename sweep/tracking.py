@@ -31,6 +31,8 @@ PARENT_TAG = "mlflow.parentRunId"
 # spends its time scheduling rather than committing small SQLite transactions.
 FLUSH_SECONDS = 5.0
 WRITE_ATTEMPTS = 3
+# Where a trial ran (its latest report): Ray's node id (nodes may share an IP), host, IP.
+PLACEMENT_KEYS = ("node_id", "hostname", "node_ip")
 logger = logging.getLogger("moonsweep.tracking")
 LIBRARIES = (
     "moonsweep",
@@ -122,6 +124,7 @@ class MlflowTracking(tune.Callback):
         # Only a restored sweep can already hold runs for its trials (see __getstate__).
         self.restored = False
         self.failed_writes = 0
+        self.placed: dict[str, dict[str, str]] = {}  # trial id -> its node, as last tagged
         self._flushed = 0.0
         self._client: MlflowClient | None = None
         self._queue: queue.Queue | None = None
@@ -184,6 +187,14 @@ class MlflowTracking(tune.Callback):
     ) -> None:
         history = list(result.get("history", []))
         self._submit(self._log_epochs, trial.trial_id, dict(trial.config), history)
+        self._place(trial, result)
+
+    def _place(self, trial: Any, result: dict) -> None:
+        """Tag the run with the trial's node when it first reports, and when it moves."""
+        node = {key: str(result[key]) for key in PLACEMENT_KEYS if key in result}
+        if "node_id" in node and self.placed.get(trial.trial_id) != node:
+            self.placed[trial.trial_id] = node
+            self._submit(self._note, trial.trial_id, dict(trial.config), node)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = dict(trial.last_result or {})
@@ -304,6 +315,11 @@ class MlflowTracking(tune.Callback):
         else:
             self.client.set_tag(run_id, "moonsweep.stopped_early", "true")
             self.client.set_terminated(run_id, "KILLED")
+
+    def _note(self, trial_id: str, config: dict[str, Any], notes: dict[str, str]) -> None:
+        run_id = self._run_for(trial_id, config)
+        for key, value in notes.items():
+            self.client.set_tag(run_id, f"moonsweep.{key}", value[:5000])
 
     def _fail(self, trial_id: str, config: dict[str, Any], reason: str) -> None:
         run_id = self._run_for(trial_id, config)

@@ -23,6 +23,7 @@ from engine.checkpoint import load_checkpoint, save_checkpoint, save_json
 from engine.config import TrainConfig
 from engine.data import load_suite
 from engine.train import Run
+from sweep.cluster import node_placement
 from sweep.spaces import SearchSpace
 
 # Metrics whose spread over seeds is reported too (`std/<name>`): the headline figures.
@@ -92,12 +93,13 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                     save_checkpoint(
                         Path(tmp) / STATE_FILE, {"runs": [r.state_dict() for r in runs]}
                     )
-                    report = {**metrics, "history": history}
+                    report = {**metrics, "history": history, **node_placement()}
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
                 history = []
         results = [run.finish() for run in runs]
         final = aggregate([r.metrics for r in results])
         final.update({"epoch": epoch, "val_accuracy": metrics["val_accuracy"], "final": 1})
+        final.update(node_placement())
         final["history"] = history
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / FINAL_DIR
