@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or not one of ours."""
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def _atomic_write(path: Path, write: Any, before_rename: Callable[[], None] | None = None) -> None:
     # Write beside the target, then rename: a crash leaves the old file or the new, never half.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,14 +35,22 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    _atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+def save_checkpoint(
+    path: str | Path, payload: dict[str, Any], before_rename: Callable[[], None] | None = None
+) -> None:
+    """Write `payload` with torch.save to a temporary file beside `path`, then rename it.
+
+    `before_rename` runs between the two (the tests' failpoint for a crash mid-write).
+    """
+    _atomic_write(Path(path), lambda handle: torch.save(payload, handle), before_rename)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,9 +62,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
 
 
+def load_newest(paths: Sequence[str | Path]) -> tuple[dict[str, Any], Path, list[str]]:
+    """The first of `paths` (newest first) that loads, and why each newer one did not.
+
+    A corrupt latest checkpoint costs the epochs since the previous one, not the run:
+
+        payload, used, skipped = load_newest([latest, previous])
+    """
+    problems: list[str] = []
+    for path in paths:
+        try:
+            return load_checkpoint(path), Path(path), problems
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    raise CheckpointError("no usable checkpoint: " + "; ".join(problems or ["none given"]))
+
+
+def save_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` atomically (temporary file, fsync, rename)."""
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
 def save_json(path: str | Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True).encode()
-    _atomic_write(Path(path), lambda handle: handle.write(text))
+    save_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def load_json(path: str | Path) -> Any:

@@ -34,7 +34,15 @@ from sweep.cluster import (
     unreachable_address,
 )
 from sweep.spaces import SearchSpace, load_space
-from sweep.tracking import PARENT_TAG, MlflowTracking, ensure_experiment, library_versions, mask_url
+from sweep.spool import Spool
+from sweep.tracking import (
+    PARENT_TAG,
+    MlflowTracking,
+    ensure_experiment,
+    library_versions,
+    mask_url,
+    unreachable,
+)
 
 # Quiet Ray: the live view is the progress; no per-trial CSV/JSON/TensorBoard files.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -42,6 +50,14 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 # With a tracking server MLflow prints a "View run" URL per run: the summary names the server.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# Save the experiment state (trials, searcher) at least every second, not every 10+ s: a
+# killed driver then leaves few trials that Ray never recorded (they start over as new ones).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+# A tracking server that went away: our writer retries (and spools); MLflow's own retries
+# (7 by default, minutes of backoff) would only hold the writer up.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+SPOOL_DIR = "spool"
 
 
 class SweepOptions(BaseModel):
@@ -92,6 +108,40 @@ def _check_workdir(workdir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"--workdir {workdir}: cannot write there ({exc.strerror})") from None
+
+
+def check_stores(tracking_uri: str, storage_url: str) -> None:
+    """Fail before any trial starts if the tracking store or the Optuna storage is unusable.
+
+    Servers are asked first, local SQLite files (created on first use) last, so a bad URL
+    leaves no file behind.
+    """
+    down = unreachable(tracking_uri)
+    if down is not None:
+        raise ConfigError(
+            f"MLflow tracking server {mask_url(tracking_uri)} is unreachable ({down}); "
+            "start it, or pass another --tracking-uri"
+        )
+    checks = [(tracking_uri, _open_tracking), (storage_url, _open_storage)]
+    for url, check in sorted(checks, key=lambda c: c[0].startswith("sqlite")):
+        try:
+            check(url)
+        except Exception as exc:  # bad schemes, hosts and paths raise many types
+            what = "MLflow tracking URI" if check is _open_tracking else "Optuna storage"
+            first = (mask_url(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{what} {mask_url(url)} cannot be used: {first[:300]}") from None
+
+
+def _open_tracking(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)
+
+
+def _open_storage(url: str) -> None:
+    from sweep.search import make_storage
+
+    make_storage(url)
 
 
 def _git_commit() -> str:
@@ -166,6 +216,7 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     if address:  # joining a cluster: a wrong address or no shared storage writes nothing
         _init_ray(address)
         check_results_storage(results, address)
+    check_stores(tracking_uri, storage_url)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -173,7 +224,8 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
     )
     experiment_id = ensure_experiment(client, f"moonsweep-{name}", artifact_root)
-    command = shlex.join(["moonsweep", *sys.argv[1:]]) if sys.argv else ""
+    # Masked: a storage or tracking URL on the command line may carry a password.
+    command = mask_url(shlex.join(["moonsweep", *sys.argv[1:]])) if sys.argv else ""
     parent = client.create_run(
         experiment_id,
         run_name=name,
@@ -222,6 +274,7 @@ def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]
     """Continue an interrupted sweep with the same searcher, study and MLflow runs."""
     quiet_libraries()
     state, folder = load_state(name, workdir)
+    check_stores(state.tracking_uri, state.storage_url)
     return _run(state, folder, restore=True)
 
 
@@ -292,6 +345,11 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     storage_path, experiment = ray_experiment(state.results, folder, state.name)
     state.status = "running"
     save_json(folder / "sweep.json", state.model_dump())
+    spool = folder / SPOOL_DIR
+    if restore:  # what a killed driver (or a tracking outage) left unsent, first
+        MlflowTracking(
+            state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
+        ).send_spooled()
     if restore and tune.Tuner.can_restore(ray_dir):
         tuner = tune.Tuner.restore(
             ray_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -316,12 +374,13 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                 verbose=0,
                 callbacks=[
                     MlflowTracking(
-                        state.tracking_uri, state.experiment_id, state.parent_run_id, space
+                        state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
                     ),
                     LiveView(total, first.metric, first.mode),
                 ],
                 failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Two: a trial whose latest checkpoint is corrupt resumes from the one before.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
     try:
@@ -333,7 +392,8 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     trials = _experiment_trials(ray_dir)
     expected = space.budget.trials + len(space.baselines)
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or len(trials) < expected:
+    # Writes the tracking store never confirmed (it was down at the end) wait for `resume`.
+    if unfinished or len(trials) < expected or len(Spool(spool)):
         state.status = "interrupted"
         save_json(folder / "sweep.json", state.model_dump())
         return {"name": state.name, "status": "interrupted", "folder": str(folder)}

@@ -113,6 +113,8 @@ class SweepSearcher(Searcher):
                     self._tell(waiting, self.deferred.pop(waiting))
             return
         ot_trial = self.optuna._ot_trials[trial_id]
+        if self.study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            return  # told before the driver died, after its last save: tell nothing twice
         if not finished:
             reason = self.fail_reasons.get(trial_id) or (
                 "ray error" if error else "stopped early by the scheduler"

@@ -139,6 +139,17 @@ class Resources(_Strict):
         return self
 
 
+class Retry(_Strict):
+    """Trial faults worth another attempt from the trial's last checkpoint.
+
+    `on` names the faults: `oom` (out of memory, e.g. a GPU shared by several trials),
+    `nan` (the loss diverged), `error` (any other exception). Bad configs are never retried.
+    """
+
+    attempts: int = Field(0, ge=0, le=10)
+    on: list[Literal["oom", "nan", "error"]] = Field(default_factory=lambda: ["oom"])
+
+
 class Budget(_Strict):
     trials: int = Field(12, ge=1)
     max_concurrent: int = Field(2, ge=1)
@@ -157,6 +168,7 @@ class SearchSpace(_Strict):
     budget: Budget = Field(default_factory=Budget)
     resources: Resources = Field(default_factory=Resources)
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
+    retry: Retry = Field(default_factory=Retry)
     # Epochs between reports to Ray, each with a checkpoint. A report is a round trip to the
     # driver, so small trials report every few epochs; every epoch still reaches MLflow.
     report_every: int = Field(1, ge=1)

@@ -9,12 +9,17 @@ same runs instead of duplicating them.
 from __future__ import annotations
 
 import atexit
+import base64
 import logging
+import os
 import queue
 import re
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from sweep.spaces import SearchSpace
+from sweep.spool import Spool
 from sweep.trial import FINAL_DIR, trial_configs
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -31,6 +37,12 @@ PARENT_TAG = "mlflow.parentRunId"
 # spends its time scheduling rather than committing small SQLite transactions.
 FLUSH_SECONDS = 5.0
 WRITE_ATTEMPTS = 3
+# While the store is unreachable the writer waits and tries again, up to this long apart.
+RETRY_MAX_SECONDS = 15.0
+# At the end of a sweep, wait this long for a store that is down; the rest stays spooled.
+DRAIN_SECONDS = float(os.environ.get("MOONSWEEP_TRACKING_DRAIN_S", "60"))
+# Trial notes (strings in a Ray result) that become tags of the trial's run.
+NOTE_KEYS = ("checkpoint_fallback", "retried")
 # Where a trial ran (its latest report): Ray's node id (nodes may share an IP), host, IP.
 PLACEMENT_KEYS = ("node_id", "hostname", "node_ip")
 logger = logging.getLogger("moonsweep.tracking")
@@ -48,7 +60,34 @@ LIBRARIES = (
 
 def mask_url(url: str) -> str:
     """Hide the password in `scheme://user:password@host/...`."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
+
+
+def unreachable(tracking_uri: str, timeout: float = 5.0) -> str | None:
+    """Why an http(s) tracking server does not answer (None if it does, or is a database).
+
+    Asks the REST API for one experiment: any answer but a refusal or an error status
+    means the server is there.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    parts = urllib.parse.urlsplit(tracking_uri.rstrip("/"))
+    # urllib does not take credentials from the URL: send them as MLflow's client would.
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    url = parts._replace(netloc=netloc).geturl() + "/api/2.0/mlflow/experiments/search"
+    request = urllib.request.Request(url + "?max_results=1")
+    if parts.username is not None:
+        user, password = parts.username, parts.password or ""
+        token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        return f"it answered HTTP {exc.code} {exc.reason}"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return mask_url(str(reason))
 
 
 def library_versions() -> dict[str, str]:
@@ -112,7 +151,12 @@ class MlflowTracking(tune.Callback):
     """
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, space: SearchSpace
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        space: SearchSpace,
+        spool_dir: str | Path | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -125,6 +169,11 @@ class MlflowTracking(tune.Callback):
         self.restored = False
         self.failed_writes = 0
         self.placed: dict[str, dict[str, str]] = {}  # trial id -> its node, as last tagged
+        # Every write is kept on disk until the store has it (None: in memory only).
+        self.spool = Spool(spool_dir) if spool_dir else None
+        self.closed: set[str] = set()  # runs FINISHED before a resume: never written again
+        self._unflushed: list[Path] = []  # spooled epochs whose metrics wait in `pending`
+        self._deadline: float | None = None  # set by drain(): stop waiting for the store
         self._flushed = 0.0
         self._client: MlflowClient | None = None
         self._queue: queue.Queue | None = None
@@ -139,6 +188,9 @@ class MlflowTracking(tune.Callback):
             "runs": {},
             "last_step": {},
             "pending": {},
+            "closed": set(),
+            "_unflushed": [],
+            "_deadline": None,
             "restored": True,
         }
 
@@ -153,30 +205,67 @@ class MlflowTracking(tune.Callback):
         if self._queue is None:
             self._queue = queue.Queue()
             threading.Thread(target=self._work, name="mlflow-writer", daemon=True).start()
-            atexit.register(self.drain)
-        self._queue.put((fn, args))
+            atexit.register(self.drain, DRAIN_SECONDS)
+        entry = self.spool.put(fn.__name__, args) if self.spool is not None else None
+        self._queue.put((fn, args, entry))
 
     def _work(self) -> None:
         assert self._queue is not None
         while True:
-            fn, args = self._queue.get()
-            for attempt in range(WRITE_ATTEMPTS):
-                try:
-                    fn(*args)
-                    break
-                except Exception as exc:  # the store's errors come in many types
-                    if attempt == WRITE_ATTEMPTS - 1:
-                        self.failed_writes += 1
-                        logger.warning("MLflow write %s failed: %s", fn.__name__, exc)
-                    else:
-                        time.sleep(1.0 + attempt)
+            fn, args, entry = self._queue.get()
+            if self._write(fn, args):
+                self._confirm(entry)
             self._queue.task_done()
 
-    def drain(self) -> None:
-        """Wait until everything queued has been written."""
+    def _write(self, fn: Any, args: tuple) -> bool:
+        """Try a write until it lands; while the store is unreachable, wait for it.
+
+        Gives up after WRITE_ATTEMPTS on a store that answers (the write itself is bad), or
+        once drain()'s deadline has passed; the spooled entry then stays for `resume`.
+        """
+        attempt = 0
+        while True:
+            try:
+                fn(*args)
+                return True
+            except Exception as exc:  # the store's errors come in many types
+                attempt += 1
+                down = unreachable(self.tracking_uri)
+                late = self._deadline is not None and time.monotonic() > self._deadline
+                if late or (down is None and attempt >= WRITE_ATTEMPTS):
+                    self.failed_writes += 1
+                    logger.warning("MLflow write %s failed: %s", fn.__name__, mask_url(str(exc)))
+                    return False
+                time.sleep(min(RETRY_MAX_SECONDS, 2.0**attempt))
+
+    def _confirm(self, entry: Path | None) -> None:
+        """The store has this write: forget it, unless its metrics still wait in `pending`."""
+        if entry is None or self.spool is None:
+            return
+        if self.pending:
+            self._unflushed.append(entry)
+        else:
+            self.spool.remove(entry)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until everything queued has been written (or `timeout` seconds have passed)."""
         if self._queue is not None:
+            if timeout is not None:
+                self._deadline = time.monotonic() + timeout
             self._submit(self._flush, 0.0)
             self._queue.join()
+
+    def send_spooled(self) -> int:
+        """Send, in order, what an earlier driver spooled but the store never confirmed."""
+        if self.spool is None:
+            return 0
+        self.restored = True  # its runs may exist already: find them by tag
+        entries = self.spool.pending()
+        for entry, op, args in entries:
+            getattr(self, op)(*args)
+            self._confirm(entry)
+        self._flush(0.0)
+        return len(entries)
 
     # -- Ray Tune callbacks (driver thread): snapshot and queue --------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -187,6 +276,9 @@ class MlflowTracking(tune.Callback):
     ) -> None:
         history = list(result.get("history", []))
         self._submit(self._log_epochs, trial.trial_id, dict(trial.config), history)
+        notes = {key: str(result[key]) for key in NOTE_KEYS if key in result}
+        if notes:
+            self._submit(self._note, trial.trial_id, dict(trial.config), notes)
         self._place(trial, result)
 
     def _place(self, trial: Any, result: dict) -> None:
@@ -208,7 +300,7 @@ class MlflowTracking(tune.Callback):
         self._submit(self._fail, trial.trial_id, dict(trial.config), reason[:500])
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.drain()
+        self.drain(DRAIN_SECONDS)
 
     # -- MLflow writes (writer thread) -----------------------------------------------------------
     def _run_for(self, trial_id: str, config: dict[str, Any]) -> str:
@@ -228,7 +320,10 @@ class MlflowTracking(tune.Callback):
             run_id = found[0].info.run_id
             # A resumed trial repeats the epochs after its last checkpoint: log them once.
             self.last_step[run_id] = int(found[0].data.metrics.get("epoch", 0))
-            self.client.update_run(run_id, status="RUNNING")
+            if found[0].info.status == "FINISHED":
+                self.closed.add(run_id)  # finished before the driver died: keep as it is
+            else:
+                self.client.update_run(run_id, status="RUNNING")
         else:
             run_id = self._create(trial_id, config)
         self.runs[trial_id] = run_id
@@ -269,6 +364,8 @@ class MlflowTracking(tune.Callback):
     ) -> None:
         """Queue each epoch's figures once; send them at most every few seconds."""
         run_id = self._run_for(trial_id, config)
+        if run_id in self.closed:
+            return
         ts = int(time.time() * 1000)
         for record in history:
             step = int(record.get("epoch", 0))
@@ -284,8 +381,13 @@ class MlflowTracking(tune.Callback):
             return
         self._flushed = now
         while self.pending:
-            run_id, metrics = self.pending.popitem()
-            self._log_metrics(run_id, metrics)
+            run_id = next(iter(self.pending))
+            self._log_metrics(run_id, self.pending[run_id])
+            del self.pending[run_id]  # only once sent: a failed call keeps them for the retry
+        if self.spool is not None:
+            for entry in self._unflushed:
+                self.spool.remove(entry)
+        self._unflushed = []
 
     def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
@@ -295,6 +397,8 @@ class MlflowTracking(tune.Callback):
         self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint: Any
     ) -> None:
         run_id = self._run_for(trial_id, config)
+        if run_id in self.closed:
+            return
         self._log_epochs(trial_id, config, result.get("history", []))
         self._flush(0.0)
         if "fail_reason" in result:
@@ -323,6 +427,8 @@ class MlflowTracking(tune.Callback):
 
     def _fail(self, trial_id: str, config: dict[str, Any], reason: str) -> None:
         run_id = self._run_for(trial_id, config)
+        if run_id in self.closed:
+            return
         self._flush(0.0)
         self.client.set_tag(run_id, "moonsweep.fail_reason", reason)
         self.client.set_terminated(run_id, "FAILED")

@@ -4,12 +4,17 @@ Every `report_every` epochs the trial reports its latest figures, the per-epoch 
 since the last report (`history`, for MLflow) and a checkpoint.
 
 Failures (a bad config, NaN, an exception) are reported as data (`fail_reason`) rather
-than raised, so the sweep goes on and every store records why. Lost workers are different:
-Ray restarts those trials, which resume here from `ray.tune.get_checkpoint()`.
+than raised, so the sweep goes on and every store records why; the space's `retry` policy
+first gives the faults it names (e.g. `oom`) more attempts from the last reported state.
+Lost workers are different: Ray restarts those trials, which resume here from
+`ray.tune.get_checkpoint()` (or from the checkpoint before it, if that one is corrupt). A
+trial whose checkpoint already holds its final results (it finished just before a driver
+was killed) reports them again instead of training again.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import tempfile
 from pathlib import Path
@@ -19,10 +24,11 @@ import numpy as np
 import torch
 from ray import tune
 
-from engine.checkpoint import load_checkpoint, save_checkpoint, save_json
-from engine.config import TrainConfig
+from engine import faults
+from engine.checkpoint import load_json, load_newest, save_checkpoint, save_json
+from engine.config import ConfigError, TrainConfig
 from engine.data import load_suite
-from engine.train import Run
+from engine.train import Run, TrainingDiverged
 from sweep.cluster import node_placement
 from sweep.spaces import SearchSpace
 
@@ -67,40 +73,82 @@ def _cap_gpu_memory(fraction: float) -> None:
         torch.cuda.set_per_process_memory_fraction(fraction)
 
 
+def fault_kind(exc: BaseException) -> str | None:
+    """The retry policy's name for a fault (`oom`, `nan`, `error`); None: never retried."""
+    if isinstance(exc, ConfigError):
+        return None  # the same config fails the same way again
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return "oom"
+    if isinstance(exc, TrainingDiverged):
+        return "nan"
+    return "error"
+
+
+def _restore(checkpoint: tune.Checkpoint, directory: Path) -> tuple[list[dict], str]:
+    """Run states from the checkpoint, or from an older one beside it if it is corrupt."""
+    latest = directory / STATE_FILE
+    # Ray keeps the last `num_to_keep` checkpoints of a trial side by side (checkpoint_NNNNNN).
+    here = Path(checkpoint.path)
+    older = sorted(
+        (p / STATE_FILE for p in here.parent.glob("checkpoint_*") if p.name < here.name),
+        reverse=True,
+    )
+    payload, used, problems = load_newest([latest, *older])
+    note = f"{'; '.join(problems)}; resumed from {used.parent.name}" if problems else ""
+    return payload["runs"], note
+
+
+def _state_bytes(runs: list[Run]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"runs": [r.state_dict() for r in runs]}, buffer)
+    return buffer.getvalue()
+
+
 def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
     """The Ray Tune function trainable."""
     torch.set_num_threads(max(1, int(space.resources.cpu)))
     _cap_gpu_memory(space.resources.gpu)
-    epoch = 0
+    retried: list[str] = []
     try:
         cfgs = trial_configs(space, config)
         suite = load_suite(cfgs[0].data)  # one copy shared by every seed
-        runs = [Run(cfg, suite) for cfg in cfgs]
+        states: list[dict] | None = None
+        note = ""
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
-                states = load_checkpoint(Path(directory) / STATE_FILE)["runs"]
-            for run, state in zip(runs, states, strict=True):
+                recorded = Path(directory) / FINAL_DIR / "metrics.json"
+                if recorded.exists():
+                    # Finished before the driver died, recorded after: report again, untrained.
+                    tune.report(load_json(recorded))
+                    return
+                states, note = _restore(checkpoint, Path(directory))
+        while True:
+            runs = [Run(cfg, suite) for cfg in cfgs]
+            for run, state in zip(runs, states or [], strict=False):
                 run.load_state_dict(state)
-        history: list[dict[str, float]] = []  # epochs not yet reported
-        while not runs[0].done:
-            metrics = aggregate([run.train_epoch() for run in runs])
-            epoch = runs[0].epoch
-            metrics["epoch"] = epoch
-            history.append(metrics)
-            if epoch % space.report_every == 0 and not runs[0].done:
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(
-                        Path(tmp) / STATE_FILE, {"runs": [r.state_dict() for r in runs]}
-                    )
-                    report = {**metrics, "history": history, **node_placement()}
-                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
-                history = []
-        results = [run.finish() for run in runs]
-        final = aggregate([r.metrics for r in results])
-        final.update({"epoch": epoch, "val_accuracy": metrics["val_accuracy"], "final": 1})
+            try:
+                final = _train(runs, space, note)
+                break
+            except Exception as exc:
+                kind = fault_kind(exc)
+                policy = space.retry
+                if kind not in policy.on or len(retried) >= policy.attempts:
+                    raise
+                retried.append(f"{type(exc).__name__}: {exc}"[:200])
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                # Again from the last reported checkpoint (or the start).
+                last = getattr(exc, "last_state", None)
+                states = (
+                    torch.load(io.BytesIO(last), weights_only=True)["runs"] if last else states
+                )
+                note = ""
+        results = final.pop("_results")
+        final["retries"] = len(retried)
         final.update(node_placement())
-        final["history"] = history
+        if retried:
+            final["retried"] = " | ".join(retried)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / FINAL_DIR
             save_json(out / "metrics.json", final)
@@ -109,5 +157,49 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 save_json(out / f"metrics-seed{seed}.json", result.metrics)
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:  # failures are data: record why, let the sweep go on
+        epoch = getattr(exc, "epoch", 0)
         reason = f"{type(exc).__name__}: {exc}"
+        if retried:
+            reason += f" (after {len(retried)} retries: {' | '.join(retried)})"
         tune.report({"fail_reason": reason[:500], "epoch": epoch, "val_accuracy": math.nan})
+
+
+def _train(runs: list[Run], space: SearchSpace, note: str) -> dict[str, Any]:
+    """Train to the end, reporting (with a checkpoint) every `report_every` epochs.
+
+    An exception leaves the last reported state on itself (`last_state`) for a retry.
+    """
+    history: list[dict[str, float]] = []  # epochs not yet reported
+    last_state: bytes | None = None
+    metrics: dict[str, Any] = {}
+    try:
+        while not runs[0].done:
+            metrics = aggregate([run.train_epoch() for run in runs])
+            epoch = runs[0].epoch
+            metrics["epoch"] = epoch
+            history.append(metrics)
+            faults.fire("epoch", epoch)
+            if epoch % space.report_every == 0 and not runs[0].done:
+                last_state = _state_bytes(runs)
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(
+                        Path(tmp) / STATE_FILE,
+                        {"runs": [r.state_dict() for r in runs]},
+                        before_rename=lambda e=epoch: faults.fire("checkpoint", e),
+                    )
+                    report = {**metrics, "history": history, **node_placement()}
+                    if note:
+                        report["checkpoint_fallback"] = note[:500]
+                        note = ""
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+                history = []
+    except Exception as exc:
+        exc.last_state = last_state  # type: ignore[attr-defined]
+        exc.epoch = runs[0].epoch  # type: ignore[attr-defined]
+        raise
+    results = [run.finish() for run in runs]
+    final: dict[str, Any] = aggregate([r.metrics for r in results])
+    final.update({"epoch": runs[0].epoch, "val_accuracy": metrics["val_accuracy"], "final": 1})
+    final["history"] = history
+    final["_results"] = results
+    return final

@@ -1,0 +1,65 @@
+"""Test-only failpoints: make a trial fail, or pause, on purpose at a chosen moment.
+
+Off unless `MOONSWEEP_FAILPOINT` is set; the reliability tests and `bench/reliability.py`
+set it to reproduce faults that are hard to provoke for real (an out-of-memory error on a
+machine without a GPU, a driver killed while a checkpoint file is being written).
+
+    MOONSWEEP_FAILPOINT=oom@2          raise torch.OutOfMemoryError after epoch 2
+    MOONSWEEP_FAILPOINT=error@1        raise RuntimeError after epoch 1
+    MOONSWEEP_FAILPOINT=stall@2        after epoch 2 (before its report), touch
+                                       `<MOONSWEEP_FAILPOINT_DIR>/paused` and sleep 30 s
+    MOONSWEEP_FAILPOINT=pause@3        before renaming the checkpoint written after epoch 3,
+                                       touch `<MOONSWEEP_FAILPOINT_DIR>/paused` and sleep 30 s
+    MOONSWEEP_FAILPOINT_TIMES=1        fire at most this many times in all processes
+    MOONSWEEP_FAILPOINT_DIR=/some/dir  where firings are counted (needed with TIMES)
+
+Example:
+    >>> import os
+    >>> from engine.faults import fire
+    >>> os.environ.pop("MOONSWEEP_FAILPOINT", None) and None
+    >>> fire("epoch", 2)  # no failpoint set: nothing happens
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+PAUSE_SECONDS = 30.0
+# Where each kind of failpoint sits: after an epoch, or inside a checkpoint write.
+SITES = {"oom": "epoch", "error": "epoch", "stall": "epoch", "pause": "checkpoint"}
+
+
+def _armed(site: str, epoch: int) -> str | None:
+    spec = os.environ.get("MOONSWEEP_FAILPOINT", "")
+    if not spec:
+        return None
+    kind, _, at = spec.partition("@")
+    if SITES.get(kind) != site or not at.isdigit() or int(at) != epoch:
+        return None
+    times = os.environ.get("MOONSWEEP_FAILPOINT_TIMES")
+    folder = Path(os.environ.get("MOONSWEEP_FAILPOINT_DIR", "."))
+    if times is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(list(folder.glob("fired-*"))) >= int(times):
+            return None
+        (folder / f"fired-{uuid.uuid4().hex}").touch()
+    return kind
+
+
+def fire(site: str, epoch: int) -> None:
+    """Raise or pause here if the failpoint names this site and epoch (test-only)."""
+    kind = _armed(site, epoch)
+    if kind == "oom":
+        raise torch.OutOfMemoryError(f"simulated CUDA out of memory after epoch {epoch}")
+    if kind == "error":
+        raise RuntimeError(f"simulated failure after epoch {epoch}")
+    if kind in ("stall", "pause"):
+        folder = Path(os.environ.get("MOONSWEEP_FAILPOINT_DIR", "."))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "paused").touch()
+        time.sleep(PAUSE_SECONDS)

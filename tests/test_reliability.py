@@ -1,0 +1,333 @@
+"""Reliability with real processes: a SIGKILLed driver, trial faults with retries, corrupt
+checkpoints, a tracking server that is unreachable or goes away, a lost Ray worker node.
+
+Every sweep runs the `moonsweep` command in its own process group (tests/chaos.py), so a
+killed driver's embedded Ray is cleaned up after each test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from chaos import (
+    EPOCHS,
+    audit,
+    child_runs,
+    failpoint,
+    kill_resume_chain,
+    optuna_trials,
+    run_cli,
+    start_driver,
+    stop_group,
+    trial_checkpoints,
+    wait_until,
+    write_space,
+)
+from mlflow.tracking import MlflowClient
+from services import free_port, mlflow_server, ray_cluster
+
+from engine.checkpoint import CheckpointError, load_checkpoint, load_newest, save_checkpoint
+from engine.train import Run
+from sweep.tracking import mask_url
+
+pytestmark = pytest.mark.slow
+
+
+def _steps(client: MlflowClient, run_id: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+
+
+def _last_checkpoint(workdir: Path, name: str, trial_id: str) -> str:
+    return trial_checkpoints(workdir, name)[trial_id][-1].name
+
+
+def _ray_trials(workdir: Path, name: str) -> dict:
+    from ray.tune import ExperimentAnalysis
+
+    return {t.trial_id: t for t in ExperimentAnalysis(str(workdir / name / "ray")).trials}
+
+
+def test_driver_sigkilled_three_times_then_resumed(tmp_path: Path) -> None:
+    """Kill during the first trial, between trials and while a checkpoint is written."""
+    chain = kill_resume_chain(tmp_path, trials=4)
+    kills = chain["kills"]
+    # Nothing had finished at the first kill; at the third the sweep was not over yet.
+    assert [k["finished"] for k in kills][0] == 0 and kills[2]["finished"] < 5
+    [(stalled, folders)] = chain["first_trial"].items()
+    assert folders == ["checkpoint_000000"]  # epoch 1's; killed while in epoch 2's report
+    assert chain["final"].returncode == 0, chain["final"].stderr[-3000:]
+    report = chain["audit"]
+    assert report == {
+        **report,
+        "status": "finished",
+        "runs": 5,
+        "finished_runs": 5,
+        "lost": 0,
+        "run_twice": 0,
+        "duplicate_runs": 0,
+        "stale_optuna": 0,
+        "optuna_mismatch": 0,
+        "spooled": 0,
+    }
+    workdir = chain["workdir"]
+    client = MlflowClient(json.loads((workdir / "k" / "sweep.json").read_text())["tracking_uri"])
+    for run in child_runs(workdir, "k"):
+        assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))  # no epoch twice
+    trials = optuna_trials(workdir, "k")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    # Asked for by a driver killed before Ray saved the trial: failed, with the reason.
+    for t in trials:
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            assert t.state == optuna.trial.TrialState.FAIL
+            assert t.user_attrs["fail_reason"] == "orphaned by a killed driver"
+    # The first trial went on from its epoch-1 checkpoint (000000): epochs 2 and 3 and the
+    # final report make 000001-000003; from scratch they would have gone up to 000004.
+    assert _last_checkpoint(workdir, "k", stalled) == f"checkpoint_{EPOCHS - 1:06d}"
+    # The temporary file of the interrupted write never reached Ray's storage.
+    assert not list((workdir / "k").rglob("*.tmp"))
+
+
+def test_oom_is_retried_then_recorded_in_every_store(tmp_path: Path) -> None:
+    # Three simulated OOMs after epoch 2, one retry allowed: trial 0 fails twice (and ends),
+    # trial 1 fails once and finishes on its retry, trial 2 never fails.
+    space = write_space(
+        tmp_path / "space.yaml", trials=3, extra="retry: {attempts: 1, on: [oom]}\n"
+    )
+    text = space.read_text().replace(
+        "baselines: {dense: {sparsity.method: dense, moon.enabled: false}}", "baselines: {}"
+    )
+    space.write_text(text)
+    env = failpoint("oom@2", tmp_path / "f", times=3)
+    workdir = tmp_path / "w"
+    proc = run_cli("run", "--space", space, "--workdir", workdir, "--name", "o", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in child_runs(workdir, "o")}
+    trials = {t.number: t for t in optuna_trials(workdir, "o")}
+    ray_trials = _ray_trials(workdir, "o")
+    assert len(runs) == len(trials) == 3
+    failed = runs[0]
+    assert failed.info.status == "FAILED"
+    reason = failed.data.tags["moonsweep.fail_reason"]
+    assert reason.startswith("OutOfMemoryError: simulated CUDA out of memory after epoch 2")
+    assert "after 1 retries" in reason
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"] == reason
+    assert ray_trials[failed.data.tags["ray.trial_id"]].last_result["fail_reason"] == reason
+    retried = runs[1]
+    assert retried.info.status == "FINISHED"
+    assert retried.data.metrics["retries"] == 1
+    assert "OutOfMemoryError" in retried.data.tags["moonsweep.retried"]
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE
+    client = MlflowClient(json.loads((workdir / "o" / "sweep.json").read_text())["tracking_uri"])
+    assert _steps(client, retried.info.run_id) == list(range(1, EPOCHS + 1))
+    assert runs[2].data.metrics["retries"] == 0 and "moonsweep.retried" not in runs[2].data.tags
+    assert len(list((tmp_path / "f").glob("fired-*"))) == 3
+
+
+# -- checkpoint files ------------------------------------------------------------------------
+
+
+def test_checkpoint_write_is_atomic_and_load_is_weights_only(tmp_path: Path, small) -> None:
+    path = tmp_path / "state.pt"
+    save_checkpoint(path, {"epoch": torch.tensor(1)})
+
+    def crash() -> None:
+        raise KeyboardInterrupt  # the process dies between the write and the rename
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": torch.tensor(2)}, before_rename=crash)
+    assert load_checkpoint(path)["epoch"].item() == 1  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary left
+    torch.save({"run": Run}, tmp_path / "foreign.pt")  # pickles a class: not weights only
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_corrupt_checkpoint_is_reported_and_the_previous_one_used(tmp_path: Path, small) -> None:
+    from ray import tune
+
+    from sweep.trial import STATE_FILE, _restore
+
+    run = Run(small())
+    run.train_epoch()
+    older, newer = tmp_path / "checkpoint_000000", tmp_path / "checkpoint_000001"
+    save_checkpoint(older / STATE_FILE, {"runs": [run.state_dict()]})
+    run.train_epoch()
+    save_checkpoint(newer / STATE_FILE, {"runs": [run.state_dict()]})
+    data = (newer / STATE_FILE).read_bytes()
+    (newer / STATE_FILE).write_bytes(data[: len(data) // 2])  # truncated
+    states, note = _restore(tune.Checkpoint.from_directory(str(newer)), newer)
+    assert states[0]["epoch"] == 1  # the older checkpoint's
+    assert "checkpoint_000001" in note and "cannot be read" in note
+    assert note.endswith("resumed from checkpoint_000000")
+    resumed = Run(small())
+    resumed.load_state_dict(states[0])
+    assert resumed.epoch == 1
+    (older / STATE_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        load_newest([newer / STATE_FILE, older / STATE_FILE])
+
+
+# -- tracking store and work directory -------------------------------------------------------
+
+
+def _cli(*args: str | Path) -> tuple[int, str]:
+    """The CLI in this process (exit code, stderr): checks that end before Ray starts."""
+    from typer.testing import CliRunner
+
+    from sweep.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stderr
+
+
+def test_unreachable_tracking_server_is_a_clear_error_before_anything(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", trials=2)
+    uri = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    code, err = _cli("run", "--space", space, "--workdir", tmp_path / "w", "--name", "u",
+                     "--tracking-uri", uri)  # fmt: skip
+    assert code == 2, err
+    assert err.startswith("error: MLflow tracking server http://alice:***@127.0.0.1")
+    assert "unreachable" in err and "Traceback" not in err and "s3cret-pw" not in err
+    assert not (tmp_path / "w" / "u").exists()  # no sweep folder, no Ray, no trial
+    assert [p for p in (tmp_path / "w").rglob("*") if p.is_file()] == []
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", trials=2)
+    (tmp_path / "file").write_text("not a folder")
+    code, err = _cli("run", "--space", space, "--workdir", tmp_path / "file" / "w")
+    assert code == 2
+    assert err.startswith("error: --workdir") and "cannot write there (Not a directory)" in err
+    assert "Traceback" not in err
+
+
+def test_tracking_server_stopped_and_restarted_mid_sweep(tmp_path: Path) -> None:
+    """Training goes on while MLflow is down; everything logged meanwhile arrives later.
+
+    The server's URL carries credentials (ignored by a server without auth): they must not
+    appear in any output, tag or param.
+    """
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    space = write_space(tmp_path / "space.yaml", trials=3)
+    workdir = tmp_path / "w"
+    with mlflow_server(backend, tmp_path / "artifacts") as server:
+        uri = server.url.replace("http://", "http://bob:hunter2-pw@")
+        # The first trial stalls 30 s after epoch 2 (time to stop the server while it runs);
+        # the drain waits long enough to restart the server even if the sweep ends first.
+        env = {**failpoint("stall@2", tmp_path / "f"), "MOONSWEEP_TRACKING_DRAIN_S": "300"}
+        args = ["run", "--space", space, "--workdir", workdir, "--name", "m", "--tracking-uri", uri]
+        driver = start_driver(*args, log=tmp_path / "driver.log", env=env)
+
+        def ended() -> int:  # trials with a final checkpoint on Ray's storage
+            return sum((f[-1] / "final").is_dir() for f in trial_checkpoints(workdir, "m").values())
+
+        try:
+            wait_until(lambda: (tmp_path / "f" / "paused").exists(), 240, "the first trial")
+            server.stop()
+            ended_before = ended()
+            assert ended_before == 0
+            # Training goes on: two more trials end while MLflow is down.
+            wait_until(lambda: ended() >= ended_before + 2, 240, "trials ending, MLflow down")
+            assert driver.poll() is None
+            assert len(list((workdir / "m" / "spool").glob("*.pkl"))) > 0  # held on disk
+            server.start()
+            driver.wait(300)
+        finally:
+            stop_group(driver)
+        out = err = (tmp_path / "driver.log").read_text()
+        assert driver.returncode == 0, err[-3000:]
+        report = audit(workdir, "m", {}, expected=4)
+        assert report == {
+            **report,
+            "status": "finished",
+            "finished_runs": 4,
+            "duplicate_runs": 0,
+            "stale_optuna": 0,
+            "spooled": 0,
+        }
+        client = MlflowClient(server.url)
+        state = json.loads((workdir / "m" / "sweep.json").read_text())
+        parent = client.get_run(state["parent_run_id"])
+        for run in child_runs(workdir, "m"):
+            assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
+            assert "val/auroc_near" in run.data.metrics
+            texts = [*run.data.params.values(), *run.data.tags.values()]
+            assert not [t for t in texts if "hunter2" in t]
+        assert "hunter2" not in out + err
+        assert not [t for t in parent.data.tags.values() if "hunter2" in t]
+        assert mask_url(uri) in parent.data.tags["moonsweep.command"]
+
+
+def test_worker_node_lost_mid_trial(tmp_path: Path) -> None:
+    """A node dies mid-trial; the trial goes on from its checkpoint on another node."""
+    space = write_space(tmp_path / "space.yaml", trials=1)
+    workdir = tmp_path / "w"
+    env = failpoint("stall@2", tmp_path / "f")
+    # A head without CPUs: trials run on the worker nodes only.
+    with ray_cluster(workers=0, root=tmp_path / "ray", cpus=0) as cluster:
+        cluster.cpus = 1
+        cluster.add_worker()
+        driver = start_driver(
+            "run",
+            "--space",
+            space,
+            "--workdir",
+            workdir,
+            "--name",
+            "n",
+            "--address",
+            cluster.address,
+            env=env,
+            log=tmp_path / "d.log",
+        )
+        try:
+            wait_until(lambda: (tmp_path / "f" / "paused").exists(), 240, "a trial mid-way")
+            cluster.add_worker()
+            cluster.kill_worker(0)  # the only node the stalled trial can be on
+            driver.wait(300)
+        finally:
+            stop_group(driver)
+    assert driver.returncode == 0, (tmp_path / "d.log").read_text()[-3000:]
+    report = audit(workdir, "n", {}, expected=2)
+    assert report == {
+        **report,
+        "status": "finished",
+        "finished_runs": 2,
+        "duplicate_runs": 0,
+        "stale_optuna": 0,
+    }
+    trials = _ray_trials(workdir, "n")
+    lost = [t for t in trials.values() if t.run_metadata.num_failures == 1]
+    assert len(lost) == 1
+    # From its epoch-1 checkpoint (see the SIGKILL test for the numbering).
+    assert _last_checkpoint(workdir, "n", lost[0].trial_id) == f"checkpoint_{EPOCHS - 1:06d}"
+    client = MlflowClient(json.loads((workdir / "n" / "sweep.json").read_text())["tracking_uri"])
+    for run in child_runs(workdir, "n"):
+        assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
+
+
+def test_ui_commands_bind_to_localhost() -> None:
+    # Every UI command the project prints or documents names the loopback address.
+    root = Path(__file__).resolve().parent.parent
+    command = re.compile(r"(mlflow ui|mlflow server|optuna-dashboard) +(--|sqlite|postgres|http)")
+    found = []
+    for path in [root / "README.md", *sorted((root / "sweep").glob("*.py"))]:
+        found += [(path.name, ln) for ln in path.read_text().splitlines() if command.search(ln)]
+    assert len(found) >= 3
+    assert [f for f in found if "--host 127.0.0.1" not in f[1]] == []
+
+
+def test_sweep_json_is_private(tmp_path: Path) -> None:
+    # It holds the store URLs (with any password) for `resume`: readable by its owner only.
+    from engine.checkpoint import save_json
+
+    save_json(tmp_path / "sweep.json", {"storage_url": "postgresql://u:pw@h/db"})
+    assert os.stat(tmp_path / "sweep.json").st_mode & 0o077 == 0
