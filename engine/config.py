@@ -202,7 +202,8 @@ def resolve_source(source: str | Path | None) -> dict[str, Any]:
     if source is None:
         source = "default"
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder named like a preset (a workdir called `default`, say) must not hide the preset.
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         return _read_yaml(path)

@@ -101,3 +101,12 @@ def test_yaml_12_scalars() -> None:
     assert cfg.voting.mode == "off"
     assert cfg.optim.weight_decay == pytest.approx(0.001)
     assert cfg.moon.enabled is False
+
+
+def test_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch) -> None:
+    # A work directory called `default` in the current directory is not a config file.
+    (tmp_path / "default").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("default").model.name == load_config(None).model.name
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
