@@ -20,8 +20,10 @@ reference point for every sweep: the nadir of all their complete feasible trials
 objective the worst value; see `sweep/hypervolume.py`).
 
 Printed: per arm the hypervolume at budgets of 1/4, 1/2, 3/4 and all of the random arm's
-(`--trials` x `--epochs`), mean +- sd over the repetitions and the ratio to random, plus the
-trials run and stopped. `--json` writes every trial's figures.
+(`--trials` x `--epochs`), as a percentage of the hypervolume of every sweep's feasible
+trials pooled, mean +- sd over the repetitions and the ratio to random, plus the trials run
+and stopped. `--json` writes every trial's figures; `--table-from FILE` prints the table of
+such a file again without training.
 
 Run (from the repository root):
     .venv/bin/python bench/search.py                      # 3 x 3 sweeps, ~19 min on 2 busy cores
@@ -118,6 +120,65 @@ def volume_at(sweep: dict[str, Any], budget: float) -> float:
     return volume_after(sweep["numbers"], sweep["volumes"], last)
 
 
+def pooled_volume(sweeps: list[dict[str, Any]], reference: list[float]) -> float:
+    """Hypervolume of every feasible trial of every sweep together: the table's 100%."""
+    import optuna
+
+    from sweep.hypervolume import hypervolume_history
+    from sweep.spaces import load_space
+
+    directions = [o.direction for o in load_space("default").objectives]
+    pooled = optuna.create_study(directions=directions)
+    for sweep in sweeps:
+        for point in sweep["points"]:
+            if point["feasible"]:
+                pooled.add_trial(optuna.trial.create_trial(values=point["values"]))
+    volumes = hypervolume_history(pooled, reference)[1]
+    return volumes[-1] if volumes else 0.0
+
+
+def print_table(figures: dict[str, Any]) -> dict[str, Any]:
+    """The markdown table of hypervolume at equal budget; returns its numbers."""
+    opts, sweeps, reference = figures["args"], figures["sweeps"], figures["reference"]
+    budget = opts["trials"] * opts["epochs"]
+    full = pooled_volume(sweeps, reference)
+    rows = {}
+    for arm in ARMS:
+        mine = [s for s in sweeps if s["arm"] == arm]
+        rows[arm] = {
+            "volumes": [[volume_at(s, f * budget) for s in mine] for f in FRACTIONS],
+            "trials": float(np.mean([len(s["trials"]) for s in mine])),
+            "stopped": float(
+                np.mean([sum(t["state"] == "stopped" for t in s["trials"]) for s in mine])
+            ),
+            "epochs": float(np.mean([sum(t["epochs"] for t in s["trials"]) for s in mine])),
+        }
+    print(
+        f"\nhypervolume at equal budget, % of the pooled front's ({full:.4g}): "
+        f"{opts['repeats']} repetitions, sampler seeds 0-{opts['repeats'] - 1}; "
+        f"{opts['epochs']} epochs x {opts['seeds']} seeds per trial; reference = feasible "
+        f"nadir {', '.join(f'{v:.4g}' for v in reference)}"
+    )
+    heads = [f"{f * budget:.0f} ep (= {f * opts['trials']:g} trials)" for f in FRACTIONS]
+    print("| arm | " + " | ".join(heads) + " | trials run (stopped) | epochs used |")
+    print("|---|" + "---:|" * (len(FRACTIONS) + 2))
+    random_means = [np.mean(v) for v in rows["random"]["volumes"]]
+    for arm in ARMS:
+        row = rows[arm]
+        cells = []
+        for volumes, base in zip(row["volumes"], random_means, strict=True):
+            ratio = f" ({np.mean(volumes) / base:.2f}x)" if base > 0 and arm != "random" else ""
+            pct = 100 * np.asarray(volumes) / full if full > 0 else np.zeros(len(volumes))
+            cells.append(f"{pct.mean():.1f} +- {pct.std():.1f}{ratio}")
+        print(
+            f"| {arm} | "
+            + " | ".join(cells)
+            + f" | {row['trials']:.0f} ({row['stopped']:.1f}) | {row['epochs']:.0f} |"
+        )
+    print("(mean +- sd over the repetitions; in brackets the ratio to random's mean)")
+    return {"pooled_volume": full, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -126,16 +187,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--table-from", type=Path, default=None, help="print the table of a saved --json run"
+    )
     args = parser.parse_args()
+    from sweep.orchestrator import _init_ray, quiet_libraries
+
+    quiet_libraries()
+    if args.table_from is not None:
+        print_table(json.loads(args.table_from.read_text()))
+        return
 
     import optuna
     import ray
 
     from sweep.hypervolume import feasible, hypervolume_history, nadir
-    from sweep.orchestrator import _init_ray, quiet_libraries
     from sweep.search import make_storage
 
-    quiet_libraries()
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-search-"))
     sweeps: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -153,7 +221,7 @@ def main() -> None:
                     file=sys.stderr,
                 )
         studies = [
-            optuna.load_study(study_name=s["name"], storage=make_storage(s["storage"]))
+            optuna.load_study(study_name=s.pop("name"), storage=make_storage(s.pop("storage")))
             for s in sweeps
         ]
         reference = nadir(studies)
@@ -167,45 +235,12 @@ def main() -> None:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    budget = args.trials * args.epochs
-    rows = {}
-    for arm in ARMS:
-        mine = [s for s in sweeps if s["arm"] == arm]
-        rows[arm] = {
-            "volumes": [[volume_at(s, f * budget) for s in mine] for f in FRACTIONS],
-            "trials": float(np.mean([len(s["trials"]) for s in mine])),
-            "stopped": float(
-                np.mean([sum(t["state"] == "stopped" for t in s["trials"]) for s in mine])
-            ),
-            "epochs": float(np.mean([sum(t["epochs"] for t in s["trials"]) for s in mine])),
-        }
-    print(
-        f"\nhypervolume at equal budget ({args.repeats} repetitions, sampler seeds "
-        f"0-{args.repeats - 1}; {args.epochs} epochs x {args.seeds} seeds per trial; "
-        f"reference = nadir {', '.join(f'{v:.4g}' for v in reference)})"
-    )
-    heads = [f"{f * budget:.0f} ep (= {f * args.trials:g} trials)" for f in FRACTIONS]
-    print("| arm | " + " | ".join(heads) + " | trials run (stopped) | epochs used |")
-    print("|---|" + "---:|" * (len(FRACTIONS) + 2))
-    random_means = [np.mean(v) for v in rows["random"]["volumes"]]
-    for arm in ARMS:
-        row = rows[arm]
-        cells = []
-        for volumes, base in zip(row["volumes"], random_means, strict=True):
-            ratio = f" ({np.mean(volumes) / base:.2f}x)" if base > 0 and arm != "random" else ""
-            cells.append(f"{np.mean(volumes):.4f} +- {np.std(volumes):.4f}{ratio}")
-        print(
-            f"| {arm} | "
-            + " | ".join(cells)
-            + f" | {row['trials']:.0f} ({row['stopped']:.1f}) | {row['epochs']:.0f} |"
-        )
-    elapsed = time.perf_counter() - started
-    print(f"(mean +- sd over repetitions; ratio to random's mean; {elapsed:.0f} s in all)")
+    figures = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    figures.update(reference=reference, sweeps=sweeps)
+    figures.update(print_table(figures))
+    print(f"({time.perf_counter() - started:.0f} s in all)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        figures = {"args": vars(args) | {"json": str(args.json)}, "reference": reference}
-        figures["rows"] = rows
-        figures["sweeps"] = [{k: v for k, v in s.items() if k != "storage"} for s in sweeps]
         args.json.write_text(json.dumps(figures, indent=2))
 
 
