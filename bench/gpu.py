@@ -1,7 +1,7 @@
 """ResNet-18 on 32x32 images at the paper's recipe: training speed, input pipeline, trials/hour.
 
 Three measurements, on one device (`--device cuda` for a GPU at full size; on the CPU the
-default sizes are small so the script finishes in a few minutes):
+default sizes are small, yet a ResNet-18 step takes seconds: about half an hour on 2 cores):
 
 1. **Training throughput** (images/s) of the `paper-cifar10` preset's model and recipe,
    dense against RigL at density 0.1 with MOON and weight voting. Each arm is one `Run`
@@ -24,7 +24,8 @@ default sizes are small so the script finishes in a few minutes):
    images trained; that ignores per-trial fixed costs, so it is a ceiling.
 
 Run (from the repository root):
-    .venv/bin/python bench/gpu.py                      # CPU, small sizes, a few minutes
+    .venv/bin/python bench/gpu.py                      # CPU, small sizes, ~30 min
+    .venv/bin/python bench/gpu.py --parts training pipeline   # the first two only
     .venv/bin/python bench/gpu.py --tiny               # seconds: CNN, a few batches (tests)
     .venv/bin/python bench/gpu.py --device cuda --json bench/out/gpu.json
 """

@@ -149,7 +149,10 @@ class Run:
             cfg.model.depth,
         ).to(self.device, memory_format=layout)
         # The compiled forward shares the model's parameters; everything else uses the model.
-        self.forward = torch.compile(self.model) if cfg.runtime.compile else self.model
+        # Static shapes: one graph for full batches and one for the epoch's last, smaller one.
+        self.forward = (
+            torch.compile(self.model, dynamic=False) if cfg.runtime.compile else self.model
+        )
         self.loader = DeviceLoader(
             self.suite.train.x,
             self.suite.train.y,
