@@ -108,6 +108,13 @@ def test_runtime_settings_are_validated() -> None:
         True, "bf16", True)
 
 
+def test_compile_on_a_cpu_without_a_compiler_is_refused(small, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match=r"runtime.compile: true on the CPU needs a C\+\+"):
+        Run(small("runtime.compile=true"))
+
+
 def test_moon_loss_under_bf16_autocast_is_the_float32_formula() -> None:
     torch.manual_seed(0)
     net = torch.nn.Linear(16, 5)
