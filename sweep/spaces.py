@@ -293,7 +293,8 @@ def space_names() -> list[str]:
 def load_space(source: str | Path) -> SearchSpace:
     """Load a space by name (`search_spaces/<name>.yaml`) or path; ConfigError if bad."""
     path = Path(source)
-    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+    # A folder named like a space (a workdir called `default`) must not hide the space.
+    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
         if str(source) not in space_names():
             raise ConfigError(
                 f"no search space file or name {str(source)!r}; spaces: {', '.join(space_names())}"

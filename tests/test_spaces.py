@@ -95,6 +95,13 @@ def test_unknown_space_name() -> None:
         load_space("no-such-space")
 
 
+def test_folder_named_like_a_space_does_not_hide_it(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "default").mkdir()  # e.g. `--workdir default`
+    monkeypatch.chdir(tmp_path)
+    shipped = load_space(Path(__file__).parents[1] / "search_spaces" / "default.yaml")
+    assert load_space("default").model_dump() == shipped.model_dump()
+
+
 def _searcher(tmp_path: Path, extra: str = "", trials: int = 3) -> SweepSearcher:
     text = BASE + f"budget: {{trials: {trials}}}\n" + extra
     space = load_space(_space_file(tmp_path, text))
