@@ -26,7 +26,7 @@ and stopped. `--json` writes every trial's figures; `--table-from FILE` prints t
 such a file again without training.
 
 Run (from the repository root):
-    .venv/bin/python bench/search.py                      # 3 x 3 sweeps, ~19 min on 2 busy cores
+    .venv/bin/python bench/search.py                      # 9 sweeps, 6-19 min on 2 cores
     .venv/bin/python bench/search.py --repeats 1 --trials 4 --epochs 12 --seeds 1  # quick look
 """
 
