@@ -143,10 +143,19 @@ def optuna_trials(workdir: Path, name: str) -> list[Any]:
         return []
 
 
+def ray_dir(workdir: Path, name: str) -> Path:
+    """Ray's experiment folder: in the sweep's folder, or under `--results` on a cluster."""
+    from sweep.cluster import experiment_path
+
+    folder = Path(workdir) / name
+    results = state_of(workdir, name).get("results") if (folder / "sweep.json").exists() else None
+    return Path(experiment_path(results, folder, name))
+
+
 def trial_checkpoints(workdir: Path, name: str) -> dict[str, list[Path]]:
     """Ray trial id -> its checkpoint folders on storage, oldest first."""
     out: dict[str, list[Path]] = {}
-    for trial_dir in (Path(workdir) / name / "ray").glob("*-*"):
+    for trial_dir in ray_dir(workdir, name).glob("*-*"):
         if trial_dir.is_dir():
             trial_id = trial_dir.name.rsplit("-", 1)[1]
             out[trial_id] = sorted(trial_dir.glob("checkpoint_*"))

@@ -22,6 +22,7 @@ from chaos import (
     failpoint,
     kill_resume_chain,
     optuna_trials,
+    ray_dir,
     run_cli,
     start_driver,
     stop_group,
@@ -50,7 +51,7 @@ def _last_checkpoint(workdir: Path, name: str, trial_id: str) -> str:
 def _ray_trials(workdir: Path, name: str) -> dict:
     from ray.tune import ExperimentAnalysis
 
-    return {t.trial_id: t for t in ExperimentAnalysis(str(workdir / name / "ray")).trials}
+    return {t.trial_id: t for t in ExperimentAnalysis(str(ray_dir(workdir, name))).trials}
 
 
 def test_driver_sigkilled_three_times_then_resumed(tmp_path: Path) -> None:
@@ -270,10 +271,12 @@ def test_worker_node_lost_mid_trial(tmp_path: Path) -> None:
     """A node dies mid-trial; the trial goes on from its checkpoint on another node."""
     space = write_space(tmp_path / "space.yaml", trials=1)
     workdir = tmp_path / "w"
-    env = failpoint("stall@2", tmp_path / "f")
     # A head without CPUs: trials run on the worker nodes only.
     with ray_cluster(workers=0, root=tmp_path / "ray", cpus=0) as cluster:
         cluster.cpus = 1
+        # Trials inherit their node's environment: the failpoint goes to the nodes too.
+        cluster.env.update(failpoint("stall@2", tmp_path / "f"))
+        env = cluster.env
         cluster.add_worker()
         driver = start_driver(
             "run",
@@ -285,6 +288,8 @@ def test_worker_node_lost_mid_trial(tmp_path: Path) -> None:
             "n",
             "--address",
             cluster.address,
+            "--results",  # shared by every node: they are all on this machine
+            tmp_path / "results",
             env=env,
             log=tmp_path / "d.log",
         )
