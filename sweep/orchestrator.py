@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -192,8 +193,10 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     # Absolute from here on: Ray's storage path and the SQLite URLs need it.
     workdir = (Path(opts.workdir) if opts.workdir else default_workdir()).resolve()
     name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' only")
+    # ASCII only: the name becomes a folder, a study, an experiment and Ray's storage path
+    # (an S3 key on a cluster); str.isalnum() would also pass 'é' or '٣'.
+    if not re.fullmatch(r"[A-Za-z0-9_-]*[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ConfigError(f"--name {name!r}: use ASCII letters, digits, '-' and '_' only")
     folder = sweep_dir(workdir, name)
     if (folder / "sweep.json").exists():
         raise ConfigError(

@@ -235,7 +235,13 @@ def answer_cli(argv: list[str], workdir: Path) -> str:
 
     from sweep.cli import app
 
-    if argv[0] in ("run", "resume", "status", "replay"):
+    if argv[0] == "run" and not {"--tracking-uri", "--storage"} & set(argv):
+        # A safety net: should a drawn command line be valid after all, it stops at this
+        # address (checked after the command line, space and name) instead of running a
+        # sweep, and counts as a failure (the bad input was accepted). Not with a store URL:
+        # the address is checked before the stores (and those URLs are never valid).
+        argv = [*argv, "--workdir", str(workdir), "--address", "127.0.0.1:1"]
+    elif argv[0] in ("run", "resume", "status", "replay"):
         argv = [*argv, "--workdir", str(workdir)]
     elif argv[0] == "train":
         argv = [*argv, "--out", str(workdir / "out")]
@@ -252,4 +258,6 @@ def answer_cli(argv: list[str], workdir: Path) -> str:
         return f"no message: {text[-300:]}"
     if written:
         return f"wrote {written[:3]}"
+    if "127.0.0.1:1" in text:
+        return f"accepted (stopped only by the safety-net address): {text[-200:]}"
     return "clear"
