@@ -20,6 +20,7 @@ import optuna
 import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
+from runner import moonsweep as run_cli
 from services import Postgres, RayCluster, free_port, mlflow_server, postgres, ray_cluster
 
 from sweep.cluster import unreachable_address
@@ -70,17 +71,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def moonsweep(stack: Stack, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **stack.cluster.env, "OMP_NUM_THREADS": "1"}
-    for name in ("MOONSWEEP_WORKDIR", "MOONSWEEP_RESULTS", "MOONSWEEP_STORAGE", "RAY_ADDRESS"):
-        env.pop(name, None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "sweep.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_cli(*args, timeout=timeout, env=stack.cluster.env)
 
 
 @pytest.fixture(scope="module")

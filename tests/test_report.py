@@ -6,9 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from runner import SMALL_SET, moonsweep
 from scipy import stats
 
 from sweep.hypervolume import hypervolume_history, nadir, volume_after
@@ -26,15 +24,7 @@ from sweep.search import make_storage
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-base: default
-set:
-  epochs: 6
-  voting.epochs: 2
-  moon.warmup_epochs: 2
-  model.width: 64
-  sparsity.update_interval: 5
-parameters:
+SPACE = SMALL_SET + """parameters:
   sparsity.method: {distribution: categorical, choices: [rigl, set]}
   sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
   moon.alpha_mode: {distribution: categorical, choices: [auto, fixed]}
@@ -62,18 +52,6 @@ IMAGES = {
     "hypervolume.png",
 }
 CHROMIUM = "/usr/bin/chromium"
-
-
-def moonsweep(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("MOONSWEEP_WORKDIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "sweep.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from runner import SMALL_SET, moonsweep
 from typer.testing import CliRunner
 
 from engine.config import ConfigError, validate_config
@@ -35,15 +33,7 @@ from sweep.status import trial_rows
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-base: default
-set:
-  epochs: 6
-  voting.epochs: 2
-  moon.warmup_epochs: 2
-  model.width: 64
-  sparsity.update_interval: 5
-parameters:
+SPACE = SMALL_SET + """parameters:
   sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
   moon.alpha_final: {distribution: log_uniform, low: 0.1, high: 10}
 objectives:
@@ -57,19 +47,6 @@ early_stopping: null
 report_every: 3
 """
 OBJECTIVES = [("val/auroc_near", "maximize"), ("val/accuracy", "maximize"), ("val/ece", "minimize")]
-
-
-def moonsweep(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("MOONSWEEP_WORKDIR", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "sweep.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,11 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from runner import SMALL_SET, moonsweep
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
-base: default
-set:
-  epochs: 6
-  voting.epochs: 2
-  moon.warmup_epochs: 2
-  model.width: 64
-  sparsity.update_interval: 5
-parameters:
+SPACE = SMALL_SET + """parameters:
   sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
   moon.alpha_final: {distribution: log_uniform, low: 0.1, high: 10}
   optim.lr: {distribution: categorical, choices: [0.1, LR]}
@@ -40,21 +33,6 @@ budget: {trials: TRIALS, max_concurrent: 2}
 early_stopping: null
 report_every: 2
 """
-
-
-def moonsweep(
-    *args: str, timeout: int = 400, cwd: Path | None = None
-) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("MOONSWEEP_WORKDIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "sweep.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd,
-    )
 
 
 def write_space(path: Path, trials: int, bad_lr: float, concurrent: int = 2) -> Path:
