@@ -202,7 +202,7 @@ def main() -> None:
     import ray
 
     from sweep.hypervolume import feasible, hypervolume_history, nadir
-    from sweep.search import make_storage
+    from sweep.search import make_storage, ran_to_end
 
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-search-"))
     sweeps: list[dict[str, Any]] = []
@@ -221,7 +221,10 @@ def main() -> None:
                     file=sys.stderr,
                 )
         studies = [
-            optuna.load_study(study_name=s.pop("name"), storage=make_storage(s.pop("storage")))
+            # Only trials that ran to the end count (early-stopped ones are COMPLETE in Optuna).
+            ran_to_end(
+                optuna.load_study(study_name=s.pop("name"), storage=make_storage(s.pop("storage")))
+            )
             for s in sweeps
         ]
         reference = nadir(studies)

@@ -65,9 +65,17 @@ def score_inputs(
 
 
 def evaluate(
-    models: list[Classifier], suite: Suite, cfg: TrainConfig, masks: SparseMasks | None
+    models: list[Classifier],
+    suite: Suite,
+    cfg: TrainConfig,
+    masks: SparseMasks | None,
+    parts: tuple[str, ...] = ("test", "val"),
 ) -> dict[str, float]:
-    """All metrics of one trained run (several models = prediction averaging)."""
+    """All metrics of one trained run (several models = prediction averaging).
+
+    `parts=("val",)` gives only the validation figures (and density): what a sweep may see
+    before the run has finished, without touching the test parts.
+    """
     k = suite.num_classes
     has_unknown = cfg.moon.enabled
     dice = None
@@ -80,6 +88,8 @@ def evaluate(
     metrics: dict[str, float] = {}
     groups = {s.name: s.group for s in suite.ood}
     for part, prefix in (("test", ""), ("val", "val/")):
+        if part not in parts:
+            continue
         split = getattr(suite, part)
         id_inputs = inputs(split.x)
         cls = classification_metrics(

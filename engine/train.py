@@ -272,6 +272,23 @@ class Run:
         metrics = evaluate(final, self.suite, self.cfg, self.masks)
         return TrainResult(self.cfg, metrics, self.history, final, self.masks, self.suite)
 
+    def evaluate(self) -> dict[str, float]:
+        """The validation metrics of the current weights, mid-training (votes not folded).
+
+        Same names as `finish()`'s `val/...` and `density` figures; the run goes on exactly
+        as if it had not been evaluated (no RNG draw, no state change).
+
+            >>> run = Run(cfg); run.train_epoch()  # doctest: +SKIP
+            >>> run.evaluate()["val/auroc_near"]  # doctest: +SKIP
+            0.71
+        """
+        devices = [self.device] if self.device.type == "cuda" else []
+        # fork_rng: the global streams come back as they were, whatever evaluation draws.
+        with torch.random.fork_rng(devices=devices):
+            metrics = evaluate([self.model], self.suite, self.cfg, self.masks, parts=("val",))
+        self.model.train()
+        return metrics
+
     def state_dict(self) -> dict[str, Any]:
         """Everything to continue after the last completed epoch (weights_only-loadable)."""
         return {

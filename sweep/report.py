@@ -174,12 +174,13 @@ def row_label(row: Row) -> str:
 def _study(state: SweepState) -> Any | None:
     import optuna
 
-    from sweep.search import make_storage
+    from sweep.search import make_storage, ran_to_end
 
     try:
-        return optuna.load_study(study_name=state.name, storage=make_storage(state.storage_url))
+        study = optuna.load_study(study_name=state.name, storage=make_storage(state.storage_url))
     except KeyError:  # the sweep never asked Optuna for a trial
         return None
+    return ran_to_end(study)  # early-stopped trials hold mid-training figures: not here
 
 
 def param_importances(study: Any, names: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -2,13 +2,15 @@
 
 Wraps Ray's `OptunaSearch` (ask/tell against a persistent Optuna storage) and adds what a
 MOON sweep needs around it: the baseline arms run first on the same seeds, constraints that
-may refer to a baseline's result, failures and early-stopped trials recorded as FAIL (a
-multi-objective study must not hold PRUNED trials, optuna#5260), and every Optuna trial
-tagged with its Ray trial id and arm.
+may refer to a baseline's result, failures recorded as FAIL, early-stopped trials recorded as
+COMPLETE with the objectives of their last report (user attrs `early_stopped`,
+`stopped_at_epoch`; a multi-objective study must not hold PRUNED trials, optuna#5260, and
+TPE learns from COMPLETE trials only), and every Optuna trial tagged with its Ray trial id.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -31,6 +33,34 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     if s.name == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
     return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def ran_to_end(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of `study` in which only the trials that ran to the end are COMPLETE.
+
+    Early-stopped trials are COMPLETE for the sampler, with mid-training figures; here they
+    (and any trial not finished) are FAIL, so Optuna's Pareto front, hypervolume and
+    importances describe finished models. Trial numbers stay the same.
+
+        >>> best = ran_to_end(study).best_trials  # doctest: +SKIP
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    copy = optuna.create_study(directions=study.directions)
+    for trial in study.get_trials(deepcopy=False):
+        ended = trial.state == optuna.trial.TrialState.COMPLETE
+        if ended and not trial.user_attrs.get("early_stopped"):
+            copy.add_trial(trial)
+            continue
+        copy.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=trial.user_attrs,
+                system_attrs=trial.system_attrs,
+            )
+        )
+    return copy
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
@@ -99,6 +129,7 @@ class SweepSearcher(Searcher):
         if arm is None:
             return
         finished = bool(result) and result.get("final") == 1 and "fail_reason" not in result
+        stopped = not finished and not error and self._stopped_with_objectives(result)
         if arm != SEARCH_ARM:
             if finished:
                 self.baseline_results[arm] = {
@@ -115,7 +146,11 @@ class SweepSearcher(Searcher):
         ot_trial = self.optuna._ot_trials[trial_id]
         if self.study._storage.get_trial(ot_trial._trial_id).state.is_finished():
             return  # told before the driver died, after its last save: tell nothing twice
-        if not finished:
+        if stopped:
+            # Its last report's figures (current weights, before voting) stand for the trial.
+            ot_trial.set_user_attr("early_stopped", True)
+            ot_trial.set_user_attr("stopped_at_epoch", int(result["epoch"]))
+        elif not finished:
             reason = self.fail_reasons.get(trial_id) or (
                 "ray error" if error else "stopped early by the scheduler"
             )
@@ -127,6 +162,13 @@ class SweepSearcher(Searcher):
             self.deferred[trial_id] = result
             return
         self._tell(trial_id, result)
+
+    def _stopped_with_objectives(self, result: dict | None) -> bool:
+        """A result the scheduler stopped on that carries every objective, finite."""
+        if not result or "fail_reason" in result or "epoch" not in result:
+            return False
+        values = [result.get(o.metric) for o in self.space.objectives]
+        return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
 
     def _references_ready(self) -> bool:
         return all(
@@ -168,6 +210,14 @@ class SearchOnlyASHA(ASHAScheduler):
         if trial.config.get("arm") != SEARCH_ARM or "fail_reason" in result:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if trial.config.get("arm") != SEARCH_ARM or "fail_reason" in result:
+            # ASHA records a completed trial in every rung it passed: a baseline's final
+            # figures would set the cutoff that searched trials meet at an earlier epoch.
+            self.on_trial_remove(tune_controller, trial)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
 
 
 def make_scheduler(space: SearchSpace) -> TrialScheduler | None:

@@ -62,15 +62,17 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[dict[str, A
 
 
 def leaders(state: SweepState) -> list[dict[str, Any]]:
-    """Optuna's best trials (the Pareto front over the objectives, constraints respected)."""
+    """Optuna's best trials (the Pareto front over the objectives, constraints respected)
+    among the trials that ran to the end: early-stopped ones are COMPLETE for the sampler,
+    but their figures are mid-training ones, so they neither lead nor hide a finished trial."""
     import optuna
 
-    from sweep.search import make_storage
+    from sweep.search import make_storage, ran_to_end
 
     study = optuna.load_study(study_name=state.name, storage=make_storage(state.storage_url))
     objectives = [o["metric"] for o in state.space["objectives"]]
     try:
-        best = study.best_trials
+        best = ran_to_end(study).best_trials
     except ValueError:
         return []
     return [

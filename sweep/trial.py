@@ -1,7 +1,9 @@
 """One sweep trial inside Ray: train every seed of the space in lockstep, report to Ray.
 
 Every `report_every` epochs the trial reports its latest figures, the per-epoch figures
-since the last report (`history`, for MLflow) and a checkpoint.
+since the last report (`history`, for MLflow) and a checkpoint. With early stopping, the
+reports from the grace epoch on also carry the validation figures of the current weights
+(`Run.evaluate`, means over seeds): the objectives of a trial the scheduler stops.
 
 Failures (a bad config, NaN, an exception) are reported as data (`fail_reason`) rather
 than raised, so the sweep goes on and every store records why; the space's `retry` policy
@@ -30,6 +32,7 @@ from engine.config import ConfigError, TrainConfig
 from engine.data import load_suite
 from engine.train import Run, TrainingDiverged
 from sweep.cluster import node_placement
+from sweep.search import SEARCH_ARM
 from sweep.spaces import SearchSpace
 
 # Metrics whose spread over seeds is reported too (`std/<name>`): the headline figures.
@@ -128,7 +131,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
             for run, state in zip(runs, states or [], strict=False):
                 run.load_state_dict(state)
             try:
-                final = _train(runs, space, note)
+                final = _train(runs, space, note, stoppable=config["arm"] == SEARCH_ARM)
                 break
             except Exception as exc:
                 kind = fault_kind(exc)
@@ -164,7 +167,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
         tune.report({"fail_reason": reason[:500], "epoch": epoch, "val_accuracy": math.nan})
 
 
-def _train(runs: list[Run], space: SearchSpace, note: str) -> dict[str, Any]:
+def _train(runs: list[Run], space: SearchSpace, note: str, stoppable: bool) -> dict[str, Any]:
     """Train to the end, reporting (with a checkpoint) every `report_every` epochs.
 
     An exception leaves the last reported state on itself (`last_state`) for a retry.
@@ -172,6 +175,11 @@ def _train(runs: list[Run], space: SearchSpace, note: str) -> dict[str, Any]:
     history: list[dict[str, float]] = []  # epochs not yet reported
     last_state: bytes | None = None
     metrics: dict[str, Any] = {}
+    # ASHA decides nothing before the grace epoch; from there on each report carries the
+    # objectives of the current weights, so a trial it stops still tells the sampler something.
+    # (Baselines are never stopped: they skip it.)
+    early = stoppable and space.early_stopping is not None
+    evaluate_from = space.grace_epochs() if early else None
     try:
         while not runs[0].done:
             metrics = aggregate([run.train_epoch() for run in runs])
@@ -180,6 +188,8 @@ def _train(runs: list[Run], space: SearchSpace, note: str) -> dict[str, Any]:
             history.append(metrics)
             faults.fire("epoch", epoch)
             if epoch % space.report_every == 0 and not runs[0].done:
+                if evaluate_from is not None and epoch >= evaluate_from:
+                    metrics.update(aggregate([run.evaluate() for run in runs]))
                 last_state = _state_bytes(runs)
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(

@@ -6,6 +6,7 @@ Each sweep runs the `moonsweep` command in a subprocess, as a user would.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -294,7 +295,7 @@ def test_early_stopping_after_the_mask_freezes(tmp_path: Path) -> None:
         "run", "--space", str(tmp_path / "space.yaml"), "--workdir", str(workdir), "--name", "a"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, runs = children(workdir, "a")
+    state, runs = children(workdir, "a")
     stopped = [r for r in runs if r.info.status == "KILLED"]
     assert stopped, "ASHA stopped no trial: the test no longer exercises early stopping"
     for run in stopped:
@@ -302,8 +303,38 @@ def test_early_stopping_after_the_mask_freezes(tmp_path: Path) -> None:
         assert run.data.tags["moonsweep.stopped_early"] == "true"
         assert 5 <= run.data.metrics["epoch"] < 8  # no decision before the mask froze
     trials = {t.user_attrs["ray_trial_id"]: t for t in study(workdir, "a").trials}
+    client = MlflowClient(state["tracking_uri"])
     for run in stopped:
         trial = trials[run.data.tags["ray.trial_id"]]
-        assert trial.state == optuna.trial.TrialState.FAIL  # never PRUNED (multi-objective)
-        assert trial.user_attrs["fail_reason"] == "stopped early by the scheduler"
+        # COMPLETE (never PRUNED in a multi-objective study) with its last report's figures.
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.user_attrs["early_stopped"] is True
+        epoch = int(run.data.metrics["epoch"])
+        assert trial.user_attrs["stopped_at_epoch"] == epoch
+        last = [run.data.metrics["val/auroc_near"], run.data.metrics["val/accuracy"]]
+        assert trial.values == last and all(math.isfinite(v) for v in last)
+        # Evaluated at every report from the grace epoch on (each one a possible decision).
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/auroc_near")]
+        assert steps == list(range(5, epoch + 1))
     assert sum(r.info.status == "FINISHED" for r in runs) == len(runs) - len(stopped)
+    # The first searched trial meets an empty rung: the baselines' figures set no cutoff.
+    assert not min(trials.values(), key=lambda t: t.number).user_attrs.get("early_stopped")
+    # The leaders: the Pareto front of the trials that ran to the end, by brute force.
+    ended = [t for t in trials.values() if not t.user_attrs.get("early_stopped")]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ended)
+    front = {
+        t.number
+        for t in ended
+        if not any(
+            all(a >= b for a, b in zip(o.values, t.values, strict=True)) and o.values != t.values
+            for o in ended
+        )
+    }
+    from sweep.orchestrator import load_state
+    from sweep.selection import select
+    from sweep.status import leaders
+
+    sweep_state, _ = load_state("a", workdir)
+    assert {row["optuna"] for row in leaders(sweep_state)} == front
+    # Selection reads MLflow's finished runs: the same front, no stopped trial.
+    assert {row["optuna"] for row in select(sweep_state).pareto} == front
