@@ -3,7 +3,9 @@
 Everything is written by the driver process (one writer, so SQLite stays safe): trials
 report through Ray, and this callback turns each report into one batched MLflow call.
 A child run is found again by its `ray.trial_id` tag, so a resumed sweep continues the
-same runs instead of duplicating them.
+same runs instead of duplicating them. Every write is spooled to disk first (sweep.spool)
+and forgotten only once the store has it: a tracking server that goes away holds nothing
+up, and `resume` sends what a killed driver left.
 """
 
 from __future__ import annotations
@@ -262,9 +264,9 @@ class MlflowTracking(tune.Callback):
         self.restored = True  # its runs may exist already: find them by tag
         entries = self.spool.pending()
         for entry, op, args in entries:
-            getattr(self, op)(*args)
-            self._confirm(entry)
-        self._flush(0.0)
+            if self._write(getattr(self, op), args):  # a failed one stays for the next resume
+                self._confirm(entry)
+        self._write(self._flush, (0.0,))
         return len(entries)
 
     # -- Ray Tune callbacks (driver thread): snapshot and queue --------------------------------
