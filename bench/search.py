@@ -15,7 +15,9 @@ paired and can differ only from TPE's first model-guided trial on. Every sweep a
 the three baselines (the same in every arm, so left out of the budget). The budget is counted
 in training epochs (per seed) of the searched trials, in the order Optuna numbered them;
 a stopped trial counts the epochs it trained. The hypervolume after a budget is that of the
-complete, feasible trials within it (Optuna's `plot_hypervolume_history` values), with one
+feasible trials within it that ran to the end (early-stopped ones are COMPLETE in Optuna, with
+mid-training figures, and left out: `sweep.search.ran_to_end`; Optuna's
+`plot_hypervolume_history` values), with one
 reference point for every sweep: the nadir of all their complete feasible trials (per
 objective the worst value; see `sweep/hypervolume.py`).
 
