@@ -39,6 +39,7 @@ import numpy as np
 from engine.checkpoint import load_checkpoint, save_json
 from engine.config import ConfigError
 from sweep.orchestrator import SweepState
+from sweep.tracking import mask_url
 
 # One progress bar per downloaded artifact would bury the report's own progress lines.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -585,7 +586,7 @@ def build_report(
         "name": state.name,
         "status": state.status,
         "space": state.space_source,
-        "tracking_uri": state.tracking_uri,
+        "tracking_uri": mask_url(state.tracking_uri),  # reports get shared: no credentials
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "objectives": objectives,
         "seeds": list(state.space["seeds"]),
