@@ -43,7 +43,7 @@ def retrain(
     """
     from mlflow.tracking import MlflowClient
 
-    record = _load_dict(MlflowClient(state.tracking_uri), run_id, "trial.json")
+    record = load_run_json(MlflowClient(state.tracking_uri), run_id, "trial.json")
     configs = [validate_config(c) for c in record["configs"]]
     if seeds is not None:
         configs = [configs[0].model_copy(update={"seed": int(seed)}) for seed in seeds]
@@ -68,7 +68,8 @@ def replay(
     return row, recorded, replayed
 
 
-def _load_dict(client: Any, run_id: str, path: str) -> dict[str, Any]:
+def load_run_json(client: Any, run_id: str, path: str) -> dict[str, Any]:
+    """A JSON artifact of an MLflow run, e.g. `trial.json` or `final/metrics-seed0.json`."""
     import json
     import tempfile
 
@@ -76,3 +77,14 @@ def _load_dict(client: Any, run_id: str, path: str) -> dict[str, Any]:
         local = client.download_artifacts(run_id, path, tmp)
         with open(local) as handle:
             return json.load(handle)
+
+
+def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
+    """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state.tracking_uri)
+    return {
+        int(seed): load_run_json(client, run_id, f"final/metrics-seed{seed}.json")
+        for seed in state.space["seeds"]
+    }

@@ -118,19 +118,6 @@ def _select(state: SweepState) -> tuple[Any | None, list[str]]:
     return selection, [f"{first}; chosen without the space's constraints instead"]
 
 
-def _seed_metrics(state: SweepState, row: Row) -> dict[int, dict[str, float]]:
-    """The per-seed final metrics the trial logged (`final/metrics-seed<s>.json`)."""
-    from mlflow.tracking import MlflowClient
-
-    from sweep.replay import _load_dict
-
-    client = MlflowClient(state.tracking_uri)
-    return {
-        int(seed): _load_dict(client, row["mlflow_run_id"], f"final/metrics-seed{seed}.json")
-        for seed in state.space["seeds"]
-    }
-
-
 def arm_table(
     per_arm: dict[str, dict[int, dict[str, float]]], metrics: Sequence[str]
 ) -> tuple[dict[str, dict[str, Interval]], dict[str, dict[str, Interval]]]:
@@ -477,11 +464,15 @@ def build_report(
     chosen = selection.chosen if selection is not None else None
     reasons = (selection.reasons if selection is not None else []) + notes
 
+    from sweep.replay import seed_metrics  # imports the engine's training: only when reporting
+
     progress("per-seed figures of the compared arms")
     by_arm = {r["arm"]: r for r in rows if r["arm"] != "search"}
     arm_rows = {key: by_arm.get(key) for key, _ in ARMS}
     arm_rows["chosen"] = chosen
-    per_arm = {k: _seed_metrics(state, r) for k, r in arm_rows.items() if r is not None}
+    per_arm = {
+        k: seed_metrics(state, r["mlflow_run_id"]) for k, r in arm_rows.items() if r is not None
+    }
     table, deltas = {}, {}
     for part, prefix in (("test", ""), ("val", "val/")):
         names = [prefix + m for m in TABLE_METRICS]

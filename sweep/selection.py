@@ -396,13 +396,15 @@ def _confirm(
 def _paired(state: SweepState, selection: Selection, row: Row) -> list[str]:
     """Per baseline: the chosen trial minus the baseline on each shared seed (the recorded
     seeds and the confirmation seeds), its mean and 95% t-interval, and the wins."""
-    from sweep.report import _seed_metrics, t_interval
+    from sweep.replay import seed_metrics
+    from sweep.report import t_interval
 
     metric, maximize = selection.prefer, selection.direction == "maximize"
 
     def per_seed(r: Row) -> dict[int, dict[str, float]]:
-        new = selection.confirmed[r["mlflow_run_id"]]
-        return {**_seed_metrics(state, r), **dict(zip(selection.confirm_seeds, new, strict=True))}
+        run_id = r["mlflow_run_id"]
+        new = dict(zip(selection.confirm_seeds, selection.confirmed[run_id], strict=True))
+        return {**seed_metrics(state, run_id), **new}
 
     mine = per_seed(row)
     lines = []

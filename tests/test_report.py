@@ -18,7 +18,7 @@ from scipy import stats
 
 from sweep.hypervolume import hypervolume_history, nadir, volume_after
 from sweep.orchestrator import load_state
-from sweep.replay import _load_dict
+from sweep.replay import load_run_json
 from sweep.report import TABLE_METRICS, comparison_markdown, t_interval
 from sweep.search import make_storage
 
@@ -103,7 +103,7 @@ def test_arms_are_the_right_runs_and_figures_follow_the_seeds(reported) -> None:
         assert run.data.tags["moonsweep.arm"] == arm
     seeds = {}
     for arm, run_id in summary["arms"].items():
-        seeds[arm] = [_load_dict(client, run_id, f"final/metrics-seed{s}.json") for s in (0, 1)]
+        seeds[arm] = [load_run_json(client, run_id, f"final/metrics-seed{s}.json") for s in (0, 1)]
         recorded = client.get_run(run_id).data.metrics  # the trial's own mean over seeds
         for metric in TABLE_METRICS:
             for part, prefix in (("test", ""), ("val", "val/")):
@@ -128,7 +128,7 @@ def test_chosen_model_reevaluated_from_its_checkpoint(reported) -> None:
     # the ones the trial recorded for that seed.
     workdir, summary, _ = reported
     _, client = _client(workdir)
-    recorded = _load_dict(client, summary["arms"]["chosen"], "final/metrics-seed0.json")
+    recorded = load_run_json(client, summary["arms"]["chosen"], "final/metrics-seed0.json")
     again = summary["chosen_reevaluated"]
     assert again["seed"] == 0
     for part, prefix in (("test", ""), ("val", "val/")):
