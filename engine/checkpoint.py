@@ -84,7 +84,12 @@ def save_bytes(path: str | Path, data: bytes) -> None:
 
 
 def save_json(path: str | Path, data: Any) -> None:
-    save_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    """Write `data` as JSON atomically, keys in their given order.
+
+    Order is kept, not sorted: a stored search space lists a `when` condition's parameter
+    before the parameter it gates, and reading it back re-validates that order.
+    """
+    save_bytes(path, json.dumps(data, indent=2).encode())
 
 
 def load_json(path: str | Path) -> Any:

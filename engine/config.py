@@ -110,6 +110,11 @@ class RuntimeConfig(_Section):
     compile: bool = False
 
 
+# Settings counted in epochs, with how far below `epochs` each must stay (MOON's warm-up ends
+# before training does; voting may span every epoch). A sweep's `--epochs` clips them to fit.
+EPOCH_COUNTED: dict[str, int] = {"moon.warmup_epochs": 1, "voting.epochs": 0}
+
+
 class TrainConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

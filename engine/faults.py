@@ -10,6 +10,8 @@ machine without a GPU, a driver killed while a checkpoint file is being written)
                                        `<MOONSWEEP_FAILPOINT_DIR>/paused` and sleep 30 s
     MOONSWEEP_FAILPOINT=pause@3        before renaming the checkpoint written after epoch 3,
                                        touch `<MOONSWEEP_FAILPOINT_DIR>/paused` and sleep 30 s
+    MOONSWEEP_FAILPOINT=crash@0        the `moonsweep` command raises an unexpected RuntimeError
+                                       before it does anything (its crash report is tested)
     MOONSWEEP_FAILPOINT_TIMES=1        fire at most this many times in all processes
     MOONSWEEP_FAILPOINT_DIR=/some/dir  where firings are counted (needed with TIMES)
 
@@ -31,7 +33,13 @@ import torch
 
 PAUSE_SECONDS = 30.0
 # Where each kind of failpoint sits: after an epoch, or inside a checkpoint write.
-SITES = {"oom": "epoch", "error": "epoch", "stall": "epoch", "pause": "checkpoint"}
+SITES = {
+    "oom": "epoch",
+    "error": "epoch",
+    "stall": "epoch",
+    "pause": "checkpoint",
+    "crash": "cli",
+}
 
 
 def _armed(site: str, epoch: int) -> str | None:
@@ -58,6 +66,8 @@ def fire(site: str, epoch: int) -> None:
         raise torch.OutOfMemoryError(f"simulated CUDA out of memory after epoch {epoch}")
     if kind == "error":
         raise RuntimeError(f"simulated failure after epoch {epoch}")
+    if kind == "crash":
+        raise RuntimeError("simulated internal error (MOONSWEEP_FAILPOINT=crash@0)")
     if kind in ("stall", "pause"):
         folder = Path(os.environ.get("MOONSWEEP_FAILPOINT_DIR", "."))
         folder.mkdir(parents=True, exist_ok=True)

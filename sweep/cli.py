@@ -13,15 +13,47 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 import yaml
+from typer.core import TyperGroup
 
+from engine import faults
 from engine.checkpoint import save_checkpoint, save_json
 from engine.config import ConfigError, TrainConfig, load_config, preset_names
+from sweep.crash import crash_home, write_crash_report
+from sweep.stores import mask_url
+
+# How commands end on purpose (an exit code, a usage error): not crashes.
+_EXITS = (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit)
+_EXITS += (click.exceptions.Abort,)
+
+
+class _Commands(TyperGroup):
+    """Every command's errors in one place: a user mistake (`ConfigError`) is one `error:`
+    line and exit 2; anything unexpected is one line naming the crash report, and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            fail(str(exc))
+        except _EXITS:
+            raise
+        except Exception as exc:  # noqa: BLE001  (the one place that turns a crash into a line)
+            report = write_crash_report(exc, sys.argv)
+            typer.echo(
+                f"error: internal error ({type(exc).__name__}: {_first_line(exc)}); "
+                f"the full traceback is in {report}",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -32,6 +64,15 @@ app = typer.Typer(
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _crash_reports_to(workdir: str | None, name: str | None = None) -> None:
+    crash_home(workdir, name)
+    faults.fire("cli", 0)  # test-only: an internal error, once the report's place is known
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _default_out() -> Path:
@@ -65,17 +106,12 @@ def train(
     from engine.train import TrainingDiverged
     from engine.train import train as run_training
 
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = load_config(config, set_ or [])
     out = out or _default_out()
     if (out / "checkpoint.pt").exists():
         fail(f"--out {out} already holds a run (checkpoint.pt); choose another directory")
     try:
         result = run_training(cfg, on_epoch=lambda rec: typer.echo(_epoch_line(cfg, rec), err=True))
-    except ConfigError as exc:  # data problems found while loading (paths, folders)
-        fail(str(exc))
     except TrainingDiverged as exc:
         fail(f"training diverged: {exc}; lower optim.lr or check the data")
     save_checkpoint(out / "checkpoint.pt", result.checkpoint())
@@ -119,6 +155,7 @@ def run(
     ] = None,
 ) -> None:
     """Run a sweep: baselines, then Optuna's trials on Ray; tracked in MLflow."""
+    _crash_reports_to(workdir, name)
     from sweep.orchestrator import SweepOptions, start_sweep
 
     opts = SweepOptions(
@@ -135,10 +172,7 @@ def run(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
     )
-    try:
-        summary = start_sweep(opts)
-    except ConfigError as exc:
-        fail(str(exc))
+    summary = start_sweep(opts)
     _print_summary(summary, workdir)
 
 
@@ -148,12 +182,10 @@ def resume(
     workdir: Annotated[str | None, Opt(help="Work directory")] = None,
 ) -> None:
     """Continue an interrupted sweep: same searcher, study and MLflow runs."""
+    _crash_reports_to(workdir, name)
     from sweep.orchestrator import resume_sweep
 
-    try:
-        summary = resume_sweep(name, workdir)
-    except ConfigError as exc:
-        fail(str(exc))
+    summary = resume_sweep(name, workdir)
     _print_summary(summary, workdir)
 
 
@@ -164,14 +196,12 @@ def status(
     as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """A table of the sweep's trials: state, arm, key params and metrics, linked ids."""
+    _crash_reports_to(workdir, name)
     from sweep.orchestrator import load_state, quiet_libraries
     from sweep.status import KEY_METRICS, format_table, trial_rows
 
     quiet_libraries()
-    try:
-        state, folder = load_state(name, workdir)
-    except ConfigError as exc:
-        fail(str(exc))
+    state, folder = load_state(name, workdir)
     rows = trial_rows(state)
     if as_json:
         typer.echo(json.dumps({"name": name, "status": state.status, "trials": rows}, indent=2))
@@ -198,15 +228,13 @@ def replay(
     workdir: Annotated[str | None, Opt(help="Work directory")] = None,
 ) -> None:
     """Re-train one trial with the engine alone (no Ray) and compare with the record."""
+    _crash_reports_to(workdir, name)
     from sweep.orchestrator import load_state, quiet_libraries
     from sweep.replay import replay as replay_trial
 
     quiet_libraries()
-    try:
-        state, _ = load_state(name, workdir)
-        row, recorded, replayed = replay_trial(state, trial)
-    except ConfigError as exc:
-        fail(str(exc))
+    state, _ = load_state(name, workdir)
+    row, recorded, replayed = replay_trial(state, trial)
     shared = sorted(set(recorded) & set(replayed))
     worst = max((abs(recorded[k] - replayed[k]) for k in shared), default=0.0)
     typer.echo(
@@ -220,16 +248,19 @@ def replay(
 def _print_summary(summary: dict, workdir: str | None) -> None:
     from sweep.orchestrator import load_state
     from sweep.status import format_table, leaders, trial_rows
-    from sweep.tracking import mask_url
 
     name = summary["name"]
     state, folder = load_state(name, workdir)
     if summary["status"] != "finished":
         typer.echo(f"sweep {name} interrupted; continue with: moonsweep resume {name}", err=True)
         raise typer.Exit(130)
+    if summary.get("already_finished"):
+        typer.echo(f"sweep {name} is already finished: nothing to resume", err=True)
     rows = trial_rows(state)
     objectives = [o["metric"] for o in state.space["objectives"]]
     typer.echo(f"\nsweep {name} finished: {len(rows)} trials")
+    for line in state.adjusted:
+        typer.echo(f"  note    {line}")
     typer.echo(f"  folder  {folder}")
     typer.echo(f"  mlflow  {mask_url(state.tracking_uri)}  (experiment moonsweep-{name})")
     typer.echo(f"  optuna  {mask_url(state.storage_url)}  (study {name})")
@@ -268,6 +299,7 @@ def select(
     as_json: Annotated[bool, Opt("--json", help="Print the selection as JSON")] = False,
 ) -> None:
     """Choose a model: Pareto front, constraints, preferred metric (validation figures only)."""
+    _crash_reports_to(workdir, name)
     import os
 
     # Confirmation reads each trial's trial.json: no download progress bars in the output.
@@ -277,23 +309,20 @@ def select(
     from sweep.status import format_table
 
     quiet_libraries()
-    try:
-        state, _ = load_state(name, workdir)
-        selection = choose(
-            state,
-            constraint or [],
-            prefer,
-            confirm_seeds,
-            confirm_top=confirm_top,
-            on_progress=lambda line: typer.echo(line, err=True),
-        )
-        version = None
-        if register:
-            from sweep.champion import register as register_model
+    state, _ = load_state(name, workdir)
+    selection = choose(
+        state,
+        constraint or [],
+        prefer,
+        confirm_seeds,
+        confirm_top=confirm_top,
+        on_progress=lambda line: typer.echo(line, err=True),
+    )
+    version = None
+    if register:
+        from sweep.champion import register as register_model
 
-            version = register_model(state, selection, register)
-    except ConfigError as exc:
-        fail(str(exc))
+        version = register_model(state, selection, register)
     chosen = selection.chosen
     if as_json:
         out = {
@@ -338,6 +367,7 @@ def predict(
     """Class, confidence, OOD score and in/out flag per input, one JSON line each.
 
     Without INPUT: the test images of the model's own data suite (ID and every OOD set)."""
+    _crash_reports_to(workdir)
     import os
 
     from engine.predict import load_inputs
@@ -351,26 +381,23 @@ def predict(
         if not db.exists():
             fail(f"no MLflow store at {db}; give --workdir or --tracking-uri")
         uri = f"sqlite:///{db}"
-    try:
-        predictor = load_predictor(model, uri)
-        if inputs:
-            names, images = load_inputs(list(inputs), predictor.input_shape)
-            sets = {"inputs": (names, images)}
-        else:
-            bundled = predictor.bundled_inputs()
-            sets = {k: ([f"{k}[{i}]" for i in range(len(v))], v) for k, v in bundled.items()}
-        for set_name, (names, images) in sets.items():
-            rows = predictor.predict(images)
-            for input_name, row in zip(names, rows, strict=True):
-                typer.echo(json.dumps({"input": input_name, **row.as_dict()}))
-            flagged = sum(not r.in_distribution for r in rows)
-            typer.echo(
-                f"{set_name}: {flagged} of {len(rows)} flagged out-of-distribution "
-                f"({predictor.score} < {predictor.threshold:.4g}, 95% TPR on validation ID)",
-                err=True,
-            )
-    except ConfigError as exc:
-        fail(str(exc))
+    predictor = load_predictor(model, uri)
+    if inputs:
+        names, images = load_inputs(list(inputs), predictor.input_shape)
+        sets = {"inputs": (names, images)}
+    else:
+        bundled = predictor.bundled_inputs()
+        sets = {k: ([f"{k}[{i}]" for i in range(len(v))], v) for k, v in bundled.items()}
+    for set_name, (names, images) in sets.items():
+        rows = predictor.predict(images)
+        for input_name, row in zip(names, rows, strict=True):
+            typer.echo(json.dumps({"input": input_name, **row.as_dict()}))
+        flagged = sum(not r.in_distribution for r in rows)
+        typer.echo(
+            f"{set_name}: {flagged} of {len(rows)} flagged out-of-distribution "
+            f"({predictor.score} < {predictor.threshold:.4g}, 95% TPR on validation ID)",
+            err=True,
+        )
 
 
 @app.command()
@@ -383,20 +410,18 @@ def report(
 ) -> None:
     """An HTML report (plus PNGs) in the sweep's folder: Pareto front, arms compared over
     seeds, alpha schedules, the chosen model's calibration and ROC, importances, hypervolume."""
+    _crash_reports_to(workdir, name)
     from sweep.orchestrator import load_state, quiet_libraries
     from sweep.report import build_report, comparison_markdown
 
     quiet_libraries()
-    try:
-        state, folder = load_state(name, workdir)
-        built = build_report(
-            state,
-            folder,
-            log_to_mlflow=mlflow_log,
-            on_progress=lambda line: typer.echo(f"[report] {line}", err=True),
-        )
-    except ConfigError as exc:
-        fail(str(exc))
+    state, folder = load_state(name, workdir)
+    built = build_report(
+        state,
+        folder,
+        log_to_mlflow=mlflow_log,
+        on_progress=lambda line: typer.echo(f"[report] {line}", err=True),
+    )
     typer.echo(comparison_markdown(built.summary))
     typer.echo(f"\nwrote {built.html} and {len(built.images)} PNGs beside it")
     if built.logged_to:

@@ -34,7 +34,7 @@ from sweep.cluster import (
     results_location,
     unreachable_address,
 )
-from sweep.spaces import SearchSpace, load_space
+from sweep.spaces import SearchSpace, load_space, with_epochs
 from sweep.spool import Spool
 from sweep.tracking import (
     PARENT_TAG,
@@ -91,6 +91,8 @@ class SweepState(BaseModel):
     status: str = "running"
     command: str = ""
     created: str = ""
+    # Settings the command line changed to fit (e.g. warm-up clipped to `--epochs`).
+    adjusted: list[str] = []
 
 
 def default_workdir() -> Path:
@@ -159,12 +161,14 @@ def _git_commit() -> str:
         return ""
 
 
-def _resolve_space(opts: SweepOptions) -> SearchSpace:
-    """The space with the command line's overrides, validated again as a whole."""
+def _resolve_space(opts: SweepOptions) -> tuple[SearchSpace, list[str]]:
+    """The space with the command line's overrides, validated again as a whole, and one line
+    per setting that `--epochs` clipped to fit."""
     space = load_space(opts.space)
-    data = space.model_dump()
+    notes: list[str] = []
     if opts.epochs is not None:
-        data["set"] = {**data["set"], "epochs": opts.epochs}
+        space, notes = with_epochs(space, opts.epochs)
+    data = space.model_dump()
     overrides = {
         ("budget", "trials"): opts.trials,
         ("budget", "max_concurrent"): opts.max_concurrent,
@@ -183,13 +187,13 @@ def _resolve_space(opts: SweepOptions) -> SearchSpace:
         raise ConfigError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
     except ConfigError as exc:
         raise ConfigError(f"with the command line's settings: {exc}") from None
-    return space
+    return space, notes
 
 
 def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     """Validate everything, create the stores and the parent run, then run the sweep."""
     quiet_libraries()
-    space = _resolve_space(opts)
+    space, adjusted = _resolve_space(opts)
     # Absolute from here on: Ray's storage path and the SQLite URLs need it.
     workdir = (Path(opts.workdir) if opts.workdir else default_workdir()).resolve()
     name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
@@ -254,7 +258,10 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         results=results,
         command=command,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        adjusted=[f"fitted to --epochs {opts.epochs}: {n}" for n in adjusted],
     )
+    for line in state.adjusted:
+        print(line, file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(yaml.safe_dump(state.space, sort_keys=False))
     save_json(folder / "sweep.json", state.model_dump())
@@ -277,6 +284,13 @@ def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]
     """Continue an interrupted sweep with the same searcher, study and MLflow runs."""
     quiet_libraries()
     state, folder = load_state(name, workdir)
+    if state.status == "finished":  # every trial ran and was reconciled: nothing to start
+        return {
+            "name": state.name,
+            "status": "finished",
+            "folder": str(folder),
+            "already_finished": True,
+        }
     check_stores(state.tracking_uri, state.storage_url)
     return _run(state, folder, restore=True)
 

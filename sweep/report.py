@@ -39,7 +39,7 @@ import numpy as np
 from engine.checkpoint import load_checkpoint, save_json
 from engine.config import ConfigError
 from sweep.orchestrator import SweepState
-from sweep.tracking import mask_url
+from sweep.stores import mask_url
 
 # One progress bar per downloaded artifact would bury the report's own progress lines.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from engine.config import (
+    EPOCH_COUNTED,
     ConfigError,
     TrainConfig,
     apply_overrides,
@@ -272,6 +273,82 @@ class SearchSpace(_Strict):
 
 
 _MISSING = object()
+
+
+def with_epochs(space: SearchSpace, epochs: int) -> tuple[SearchSpace, list[str]]:
+    """The space run for `epochs` epochs, its epoch-counted settings clipped to fit.
+
+    Warm-up and voting lengths (fixed values, baseline arms and searched ranges) that no
+    longer fit are clipped to the largest value allowed; a searched range that shrinks to one
+    value becomes a fixed setting. Returns the space and one line per change, or raises a
+    ConfigError naming the smallest number of epochs the space allows.
+
+        >>> space, notes = with_epochs(load_space("default"), 5)
+        >>> space.epochs, space.parameters["moon.warmup_epochs"].high
+        (5, 4.0)
+        >>> notes[0]
+        'moon.warmup_epochs: 5 -> 4 in the base config'
+    """
+    try:
+        return _fit_epochs(space, epochs)
+    except ConfigError as exc:
+        for more in range(epochs + 1, max(space.epochs, epochs) + 1):
+            try:
+                _fit_epochs(space, more)
+            except ConfigError:
+                continue
+            raise ConfigError(
+                f"--epochs {epochs} is too few for this space ({exc}); "
+                f"the smallest it allows is --epochs {more}"
+            ) from None
+        raise ConfigError(f"--epochs {epochs}: {exc}") from None
+
+
+def _fit_epochs(space: SearchSpace, epochs: int) -> tuple[SearchSpace, list[str]]:
+    data = space.model_dump()
+    data["set"] = {**data["set"], "epochs": epochs}
+    base = space.base_data()
+    notes: list[str] = []
+    for key, margin in EPOCH_COUNTED.items():
+        limit = epochs - margin
+        value = _lookup(base, key)
+        if isinstance(value, int) and value > limit:
+            data["set"][key] = limit
+            notes.append(f"{key}: {value} -> {limit} in the base config")
+        for arm, overrides in data["baselines"].items():
+            if isinstance(overrides.get(key), int) and overrides[key] > limit:
+                notes.append(f"{key}: {overrides[key]} -> {limit} in baseline {arm}")
+                overrides[key] = limit
+        param = data["parameters"].get(key)
+        if param is None or param["high"] is None or param["high"] <= limit:
+            continue
+        low, high = param["low"], param["high"]
+        gated = [n for n, p in space.parameters.items() if key in p.conditions()]
+        if limit > low:
+            param["high"] = limit
+            notes.append(f"{key}: searched range {low:g}-{high:g} -> {low:g}-{limit}")
+        elif limit == low and not gated:
+            del data["parameters"][key]
+            data["set"][key] = limit
+            notes.append(f"{key}: searched range {low:g}-{high:g} -> fixed at {limit}")
+        else:
+            raise ConfigError(
+                f"{key} is searched from {low:g}, above the {limit} that {epochs} epochs allow"
+            )
+    try:
+        fitted = SearchSpace.model_validate({**data, "source_dir": space.source_dir})
+        fitted.check()
+    except ValidationError as exc:
+        raise ConfigError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    return fitted, notes
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
 
 
 def _cast(param: Parameter, value: float | None) -> Any:

@@ -15,7 +15,6 @@ import base64
 import logging
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from ray import tune
 
 from sweep.spaces import SearchSpace
 from sweep.spool import Spool
+from sweep.stores import mask_url
 from sweep.trial import FINAL_DIR, trial_configs
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -58,11 +58,6 @@ LIBRARIES = (
     "scikit-learn",
     "numpy",
 )
-
-
-def mask_url(url: str) -> str:
-    """Hide the password in `scheme://user:password@host/...`."""
-    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
 
 
 def unreachable(tracking_uri: str, timeout: float = 5.0) -> str | None:

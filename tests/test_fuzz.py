@@ -25,7 +25,7 @@ from badinput import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweep.tracking import mask_url
+from sweep.stores import mask_url
 
 FAST = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None

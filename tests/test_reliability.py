@@ -35,7 +35,7 @@ from services import free_port, mlflow_server, ray_cluster
 
 from engine.checkpoint import CheckpointError, load_checkpoint, load_newest, save_checkpoint
 from engine.train import Run
-from sweep.tracking import mask_url
+from sweep.stores import mask_url
 
 pytestmark = pytest.mark.slow
 
