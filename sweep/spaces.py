@@ -28,6 +28,7 @@ from engine.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
+    check_registered,
     load_yaml,
     resolve_source,
     validate_config,
@@ -233,22 +234,26 @@ class SearchSpace(_Strict):
 
     def check(self) -> None:
         """Validate that the base, every baseline and the space's extreme points make configs."""
+        try:
+            check_registered(self.trial_config({}, self.seeds[0]))
+        except ConfigError as exc:
+            raise ConfigError(f"set: {exc}") from None
         for arm, overrides in self.baselines.items():
             try:
-                self.trial_config({}, self.seeds[0], overrides)
+                check_registered(self.trial_config({}, self.seeds[0], overrides))
             except ConfigError as exc:
                 raise ConfigError(f"baselines.{arm}: {exc}") from None
         corner: dict[str, Any] = {}
         for name, param in self.parameters.items():
             corner[name] = param.choices[0] if param.choices else _cast(param, param.low)
             try:
-                self.trial_config(corner, self.seeds[0])
+                check_registered(self.trial_config(corner, self.seeds[0]))
             except ConfigError as exc:
                 raise ConfigError(f"parameters.{name}: {exc}") from None
         for name, param in self.parameters.items():
             for value in param.choices or [_cast(param, param.low), _cast(param, param.high)]:
                 try:
-                    self.trial_config({**corner, name: value}, self.seeds[0])
+                    check_registered(self.trial_config({**corner, name: value}, self.seeds[0]))
                 except ConfigError as exc:
                     raise ConfigError(f"parameters.{name}: value {value!r}: {exc}") from None
 
@@ -275,19 +280,73 @@ class SearchSpace(_Strict):
 _MISSING = object()
 
 
-def with_epochs(space: SearchSpace, epochs: int) -> tuple[SearchSpace, list[str]]:
-    """The space run for `epochs` epochs, its epoch-counted settings clipped to fit.
+def with_settings(space: SearchSpace, overrides: list[str]) -> SearchSpace:
+    """The space with `KEY=VALUE` settings (`moonsweep run --set`) fixed for every trial and
+    baseline, on top of the space's own `set`; validated like the space itself.
 
-    Warm-up and voting lengths (fixed values, baseline arms and searched ranges) that no
-    longer fit are clipped to the largest value allowed; a searched range that shrinks to one
-    value becomes a fixed setting. Returns the space and one line per change, or raises a
-    ConfigError naming the smallest number of epochs the space allows.
+    A setting the space searches or a baseline arm sets is refused (it would be overridden
+    in some trials but not in others); so is `epochs`, which `--epochs` sets together with
+    the warm-up and voting lengths that depend on it.
+
+        >>> space = with_settings(load_space("default"), ["model.width=64"])
+        >>> space.set["model.width"], space.trial_config({}, 0).model.width
+        (64, 64)
+    """
+    data = space.model_dump()
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        value = _lookup(apply_overrides({}, [item]), key)  # unknown keys: ConfigError here
+        if key == "epochs":
+            raise ConfigError(
+                f"--set {item}: give the number of epochs with --epochs {value} "
+                "(it also fits the warm-up and voting lengths to it)"
+            )
+        if key in space.parameters:
+            raise ConfigError(
+                f"--set {key}: the space searches this setting (parameters.{key}); "
+                "a fixed value would replace the search: edit a copy of the space instead"
+            )
+        arms = [arm for arm, settings in space.baselines.items() if key in settings]
+        if arms:
+            raise ConfigError(
+                f"--set {key}: baseline {arms[0]} sets its own value; "
+                "fixed settings may not change what a baseline compares"
+            )
+        data["set"][key] = value
+        try:
+            fitted = SearchSpace.model_validate({**data, "source_dir": space.source_dir})
+            check_registered(fitted.trial_config({}, space.seeds[0]))
+        except (ConfigError, ValidationError) as exc:
+            raise ConfigError(f"--set {item}: {_message(exc)}") from None
+    fitted = SearchSpace.model_validate({**data, "source_dir": space.source_dir})
+    try:
+        fitted.check()
+    except ConfigError as exc:
+        raise ConfigError(f"with --set {' '.join(overrides)}: {exc}") from None
+    return fitted
+
+
+def _message(exc: ConfigError | ValidationError) -> str:
+    if isinstance(exc, ValidationError):
+        return exc.errors()[0]["msg"].removeprefix("Value error, ")
+    return str(exc)
+
+
+def with_epochs(space: SearchSpace, epochs: int) -> tuple[SearchSpace, list[str]]:
+    """The space run for `epochs` epochs, its epoch-counted settings keeping their share.
+
+    With fewer epochs than the space's own, warm-up and voting lengths (fixed values,
+    baseline arms and searched ranges) shrink by `epochs / space.epochs`, rounded, kept at
+    least 1 if they were, and within what the engine allows (warm-up ends before training
+    does); a searched range that shrinks to one value becomes a fixed setting. With more
+    epochs they stay as they are. Returns the space and one line per change, or raises
+    a ConfigError naming the smallest number of epochs the space allows.
 
         >>> space, notes = with_epochs(load_space("default"), 5)
-        >>> space.epochs, space.parameters["moon.warmup_epochs"].high
-        (5, 4.0)
+        >>> space.epochs, space.trial_config({}, 0).moon.warmup_epochs
+        (5, 1)
         >>> notes[0]
-        'moon.warmup_epochs: 5 -> 4 in the base config'
+        'moon.warmup_epochs: 5 -> 1 in the base config'
     """
     try:
         return _fit_epochs(space, epochs)
@@ -307,40 +366,52 @@ def with_epochs(space: SearchSpace, epochs: int) -> tuple[SearchSpace, list[str]
 def _fit_epochs(space: SearchSpace, epochs: int) -> tuple[SearchSpace, list[str]]:
     data = space.model_dump()
     data["set"] = {**data["set"], "epochs": epochs}
+    ratio = min(1.0, epochs / space.epochs)  # more epochs than the space's: they still fit
     base = space.base_data()
     notes: list[str] = []
     for key, margin in EPOCH_COUNTED.items():
         limit = epochs - margin
+
+        def scaled(value: float, key: str = key, limit: int = limit) -> int:
+            floor = 1 if value >= 1 else 0  # a length of 0 (off) stays off, 1+ stays 1+
+            if limit < floor:
+                raise ConfigError(f"{key} needs at least {floor} but {epochs} epochs allow {limit}")
+            return min(max(round(value * ratio), floor), limit)
+
         value = _lookup(base, key)
-        if isinstance(value, int) and value > limit:
-            data["set"][key] = limit
-            notes.append(f"{key}: {value} -> {limit} in the base config")
+        if isinstance(value, int) and scaled(value) != value:
+            data["set"][key] = scaled(value)
+            notes.append(f"{key}: {value} -> {scaled(value)} in the base config")
         for arm, overrides in data["baselines"].items():
-            if isinstance(overrides.get(key), int) and overrides[key] > limit:
-                notes.append(f"{key}: {overrides[key]} -> {limit} in baseline {arm}")
-                overrides[key] = limit
+            if isinstance(overrides.get(key), int) and scaled(overrides[key]) != overrides[key]:
+                new = scaled(overrides[key])
+                notes.append(f"{key}: {overrides[key]} -> {new} in baseline {arm}")
+                overrides[key] = new
         param = data["parameters"].get(key)
-        if param is None or param["high"] is None or param["high"] <= limit:
+        if param is None or param["high"] is None:
             continue
-        low, high = param["low"], param["high"]
-        gated = [n for n, p in space.parameters.items() if key in p.conditions()]
-        if limit > low:
-            param["high"] = limit
-            notes.append(f"{key}: searched range {low:g}-{high:g} -> {low:g}-{limit}")
-        elif limit == low and not gated:
-            del data["parameters"][key]
-            data["set"][key] = limit
-            notes.append(f"{key}: searched range {low:g}-{high:g} -> fixed at {limit}")
+        old, gated = f"{param['low']:g}-{param['high']:g}", key in _gating(space)
+        low, high = scaled(param["low"]), scaled(param["high"])
+        if high > low or gated:
+            param["low"], param["high"] = low, max(high, low + 1)
+            new = f"{low}-{max(high, low + 1)}"
+            if new != old:
+                notes.append(f"{key}: searched range {old} -> {new}")
         else:
-            raise ConfigError(
-                f"{key} is searched from {low:g}, above the {limit} that {epochs} epochs allow"
-            )
+            del data["parameters"][key]
+            data["set"][key] = low
+            notes.append(f"{key}: searched range {old} -> fixed at {low}")
     try:
         fitted = SearchSpace.model_validate({**data, "source_dir": space.source_dir})
         fitted.check()
     except ValidationError as exc:
         raise ConfigError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
     return fitted, notes
+
+
+def _gating(space: SearchSpace) -> set[str]:
+    """Parameters that another parameter's `when` names (they cannot become fixed)."""
+    return {cond for p in space.parameters.values() for cond in p.conditions()}
 
 
 def _lookup(data: dict[str, Any], dotted: str) -> Any:
@@ -356,6 +427,8 @@ def _cast(param: Parameter, value: float | None) -> Any:
 
 
 def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
