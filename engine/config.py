@@ -286,11 +286,12 @@ def load_config(
     data = resolve_source(source)
     apply_overrides(data, list(overrides or []))
     config = validate_config(data)
-    _check_registered(config)
+    check_registered(config)
     return config
 
 
-def _check_registered(config: TrainConfig) -> None:
+def check_registered(config: TrainConfig) -> None:
+    """ConfigError unless the config's data suite and model are registered names."""
     # Imported here: the registries import torch-heavy modules that config itself does not need.
     from engine.data import suites
     from engine.models import models

@@ -34,7 +34,7 @@ from sweep.cluster import (
     results_location,
     unreachable_address,
 )
-from sweep.spaces import SearchSpace, load_space, with_epochs
+from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
 from sweep.spool import Spool
 from sweep.tracking import (
     PARENT_TAG,
@@ -67,6 +67,8 @@ class SweepOptions(BaseModel):
     workdir: str | None = None
     trials: int | None = None
     epochs: int | None = None
+    # `--set KEY=VALUE`: fixed settings for every trial and baseline, on top of the space's.
+    settings: list[str] = []
     max_concurrent: int | None = None
     address: str | None = None
     tracking_uri: str | None = None
@@ -93,6 +95,8 @@ class SweepState(BaseModel):
     created: str = ""
     # Settings the command line changed to fit (e.g. warm-up clipped to `--epochs`).
     adjusted: list[str] = []
+    # `--set` items as given (already part of `space["set"]`, which resume uses).
+    settings: list[str] = []
 
 
 def default_workdir() -> Path:
@@ -166,6 +170,8 @@ def _resolve_space(opts: SweepOptions) -> tuple[SearchSpace, list[str]]:
     per setting that `--epochs` clipped to fit."""
     space = load_space(opts.space)
     notes: list[str] = []
+    if opts.settings:  # first: `--epochs` then fits the lengths these settings give
+        space = with_settings(space, opts.settings)
     if opts.epochs is not None:
         space, notes = with_epochs(space, opts.epochs)
     data = space.model_dump()
@@ -259,6 +265,7 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         command=command,
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         adjusted=[f"fitted to --epochs {opts.epochs}: {n}" for n in adjusted],
+        settings=list(opts.settings),
     )
     for line in state.adjusted:
         print(line, file=sys.stderr)

@@ -285,8 +285,8 @@ def with_settings(space: SearchSpace, overrides: list[str]) -> SearchSpace:
     baseline, on top of the space's own `set`; validated like the space itself.
 
     A setting the space searches or a baseline arm sets is refused (it would be overridden
-    in some trials but not in others); so is `epochs`, which `--epochs` sets together with
-    the warm-up and voting lengths that depend on it.
+    in some trials but not in others); so are `seed` (the space's `seeds` are trained) and
+    `epochs`, which `--epochs` sets together with the warm-up and voting lengths it bounds.
 
         >>> space = with_settings(load_space("default"), ["model.width=64"])
         >>> space.set["model.width"], space.trial_config({}, 0).model.width
@@ -300,6 +300,11 @@ def with_settings(space: SearchSpace, overrides: list[str]) -> SearchSpace:
             raise ConfigError(
                 f"--set {item}: give the number of epochs with --epochs {value} "
                 "(it also fits the warm-up and voting lengths to it)"
+            )
+        if key == "seed":
+            raise ConfigError(
+                f"--set {item}: each trial trains the space's `seeds` {space.seeds}; "
+                "edit a copy of the space to change them"
             )
         if key in space.parameters:
             raise ConfigError(
