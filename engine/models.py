@@ -16,6 +16,7 @@ import math
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, conv1x1
 
 from engine.registry import Registry
 
@@ -78,14 +79,24 @@ def resnet18(
 ) -> Classifier:
     """ResNet-18 for 32x32 inputs as in the paper: 3x3 stem, no max-pool (torchvision's blocks).
 
-    `width` must be 64 (torchvision's stage widths); `depth` is ignored.
+    `width` is the first stage's channels (64: torchvision's ResNet-18; the stages double it),
+    so tests and quick looks can run a narrow one; `depth` is ignored.
     """
-    if width != 64:
-        raise ValueError("resnet18 has fixed stage widths; leave model.width at 64")
     net = torchvision.models.resnet18(num_classes=num_outputs)
-    net.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)
+    net.conv1 = nn.Conv2d(input_shape[0], width, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
-    feature_dim = net.fc.in_features
+    if width != 64:  # the same modules under the same names, narrower
+        net.bn1 = nn.BatchNorm2d(width)
+        cin = width
+        for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+            planes, stride = width * 2**i, 1 if i == 0 else 2
+            down = None
+            if stride != 1 or cin != planes:
+                down = nn.Sequential(conv1x1(cin, planes, stride), nn.BatchNorm2d(planes))
+            blocks = [BasicBlock(cin, planes, stride, down), BasicBlock(planes, planes)]
+            setattr(net, name, nn.Sequential(*blocks))
+            cin = planes
+    feature_dim = width * 8
     net.fc = nn.Identity()
     return Classifier(net, feature_dim, num_outputs)
 
