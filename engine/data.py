@@ -122,7 +122,8 @@ def _rng(cfg: DataConfig, stream: int) -> np.random.Generator:
 
 def split_error(source: str, labels: np.ndarray, what: str, exc: Exception) -> ConfigError:
     """The message for a stratified split that the class counts do not allow."""
-    counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+    # Plain ints: numpy 2 would print `np.int64(0): np.int64(5)` for each class.
+    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)}
     return ConfigError(
         f"{source}: cannot split {len(labels)} images of {len(counts)} classes into {what} "
         f"stratified by class; every class needs a few images per split. "

@@ -196,10 +196,24 @@ def _resolve_space(opts: SweepOptions) -> tuple[SearchSpace, list[str]]:
     return space, notes
 
 
+def _check_data(space: SearchSpace) -> None:
+    """Load the space's data once: a missing data root or too few images is one error before
+    anything is written, not a ConfigError in every trial of a sweep that then "finishes"."""
+    from engine.data import load_suite
+
+    try:
+        load_suite(space.trial_config({}, space.seeds[0]).data)
+    except ConfigError as exc:
+        raise ConfigError(f"the space's data: {exc}") from None
+
+
 def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     """Validate everything, create the stores and the parent run, then run the sweep."""
     quiet_libraries()
     space, adjusted = _resolve_space(opts)
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:  # on a cluster the data is on the nodes, not necessarily here
+        _check_data(space)
     # Absolute from here on: Ray's storage path and the SQLite URLs need it.
     workdir = (Path(opts.workdir) if opts.workdir else default_workdir()).resolve()
     name = opts.name or time.strftime("sweep-%Y%m%d-%H%M%S")
@@ -225,7 +239,6 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         or (f"sqlite:///{workdir / 'optuna.db'}")
     )
     results = results_location(opts.results)
-    address = opts.address or os.environ.get("RAY_ADDRESS") or None
     if address:  # joining a cluster: a wrong address or no shared storage writes nothing
         _init_ray(address)
         check_results_storage(results, address)
