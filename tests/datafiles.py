@@ -174,8 +174,12 @@ def write_tinyimagenet(root: Path, n: int = N["tinyimagenet"], part: str = "val"
     (base / "val_annotations.txt").write_text("val_0.JPEG\tn01443537\t0\t0\t63\t63\n")
 
 
-def write_all(root: Path) -> dict[str, dict[str, np.ndarray]]:
-    written = {"cifar10": write_cifar10(root), "cifar100": write_cifar100(root)}
+def write_all(root: Path, cifar10_per_class: int = 5) -> dict[str, dict[str, np.ndarray]]:
+    """Every dataset; `cifar10_per_class` 20 gives a val split of 2 per class at 0.1."""
+    written = {
+        "cifar10": write_cifar10(root, per_class=cifar10_per_class),
+        "cifar100": write_cifar100(root),
+    }
     written["svhn"], written["mnist"] = write_svhn(root), write_mnist(root)
     write_dtd(root)
     write_places365(root)
