@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision
 from torch import nn
 
 from engine.registry import Registry
@@ -80,9 +79,13 @@ def resnet18(
 
     `width` must be 64 (torchvision's stage widths); `depth` is ignored.
     """
+    # Lazy: torchvision takes ~2 s to import (it loads torch._dynamo) and only this model
+    # needs it; engine.config imports this registry to validate model names.
+    from torchvision.models import resnet18 as torchvision_resnet18
+
     if width != 64:
         raise ValueError("resnet18 has fixed stage widths; leave model.width at 64")
-    net = torchvision.models.resnet18(num_classes=num_outputs)
+    net = torchvision_resnet18(num_classes=num_outputs)
     net.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     feature_dim = net.fc.in_features
