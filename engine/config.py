@@ -8,9 +8,9 @@ against their registries, so a new component needs no edit here.
 
 Example:
     >>> from engine.config import load_config
-    >>> cfg = load_config("default", ["sparsity.density=0.2", "epochs=3"])
+    >>> cfg = load_config("default", ["sparsity.density=0.2", "epochs=9"])
     >>> cfg.sparsity.density, cfg.epochs
-    (0.2, 3)
+    (0.2, 9)
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def test_engine_takes_no_private_names_from_other_modules() -> None:
                 and not node.attr.startswith("__")
             ):
                 taken.append(f"{module}: {aliases[node.value.id]}.{node.attr}")
-    assert taken == []
+    assert taken == [], taken
 
 
 def test_training_and_prediction_load_no_driver_library() -> None:
