@@ -3,12 +3,14 @@
 A `TrainConfig` is built from YAML (a file or a named preset), then dotted
 `key=value` overrides, and validated by pydantic. Every user mistake becomes a
 `ConfigError` whose message names the field, the bad value and what is allowed.
+Names of components (suites, models, sparse methods, scores, augmentations) are checked
+against their registries, so a new component needs no edit here.
 
 Example:
     >>> from engine.config import load_config
-    >>> cfg = load_config("default", ["sparsity.density=0.2", "epochs=3"])
+    >>> cfg = load_config("default", ["sparsity.density=0.2", "epochs=9"])
     >>> cfg.sparsity.density, cfg.epochs
-    (0.2, 3)
+    (0.2, 9)
 """
 
 from __future__ import annotations
@@ -20,31 +22,43 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCORES = ("msp", "energy", "max_logit", "unknown", "dice")
+from engine.data import DataConfig, suites
+from engine.errors import ConfigError
+from engine.models import models
+from engine.registry import registered_name
+from engine.scores import scores
+from engine.sparse_methods import DENSE, sparse_methods
 
+__all__ = [
+    "DEFAULT_SCORES",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "MoonConfig",
+    "OptimConfig",
+    "RuntimeConfig",
+    "SparsityConfig",
+    "TrainConfig",
+    "VotingConfig",
+    "apply_overrides",
+    "config_error",
+    "format_value",
+    "load_config",
+    "load_yaml",
+    "preset_names",
+    "resolve_source",
+    "validate_config",
+]
 
-class ConfigError(ValueError):
-    """A user-facing configuration mistake (the CLI turns it into exit code 2)."""
+# The scores evaluated unless `eval.scores` says otherwise (any registered score may be named).
+DEFAULT_SCORES = ("msp", "energy", "max_logit", "unknown", "dice")
+ScoreName = registered_name(scores)
+SparseMethodName = registered_name(sparse_methods, DENSE)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
-    suite: str = "digits"
-    root: str | None = None
-    known_classes: list[int] | None = None
-    val_fraction: float = Field(0.2, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    ood_val_fraction: float = Field(0.5, gt=0, lt=1)
-    split_seed: int = Field(0, ge=0)
-    image_size: int = Field(32, ge=4, le=1024)
-    channels: Literal[1, 3] = 3
-    far_ood_size: int = Field(360, ge=10)
-    # Training-time augmentation, on the device (engine/pipeline.py): none, or a random
-    # crop from the image zero-padded by 4 pixels plus a random horizontal flip.
-    augment: Literal["none", "crop_flip"] = "none"
 
 
 class ModelConfig(_Section):
@@ -54,7 +68,7 @@ class ModelConfig(_Section):
 
 
 class SparsityConfig(_Section):
-    method: Literal["dense", "static", "set", "rigl"] = "rigl"
+    method: SparseMethodName = "rigl"  # type: ignore[valid-type]
     density: float = Field(0.1, gt=0, le=1)
     init: Literal["erk", "uniform"] = "erk"
     update_interval: int = Field(80, ge=1)
@@ -88,10 +102,10 @@ class OptimConfig(_Section):
 
 
 class EvalConfig(_Section):
-    scores: list[Literal["msp", "energy", "max_logit", "unknown", "dice"]] = Field(
-        default_factory=lambda: list(SCORES)
+    scores: list[ScoreName] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(DEFAULT_SCORES)
     )
-    primary: Literal["msp", "energy", "max_logit", "unknown", "dice"] = "msp"
+    primary: ScoreName = "msp"  # type: ignore[valid-type]
     dice_percentile: float = Field(90.0, ge=0, lt=100)
     ece_bins: int = Field(15, ge=2)
 
@@ -230,6 +244,21 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def format_value(value: Any) -> str:
+    """A value as `--set` text that parses back to it (YAML 1.2 booleans, flow lists).
+
+    >>> format_value(True), format_value([0.1, "rigl"]), format_value(3)
+    ('true', '[0.1, rigl]', '3')
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, in place."""
     known = _known_keys(TrainConfig)
@@ -258,16 +287,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any, unknown_hint: str) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     msg = error["msg"].removeprefix("Value error, ")
     if not loc:  # a rule across fields: its message names them itself
         return msg
     if error["type"] == "extra_forbidden":
-        return f"{loc}: unknown setting (check the spelling; see `moonsweep train --help`)"
+        return f"{loc}: unknown setting ({unknown_hint})"
     if error["type"] == "missing":
         return f"{loc}: required"
     return f"{loc}: {error['input']!r} is not allowed: {msg}"
+
+
+def config_error(
+    exc: ValidationError,
+    prefix: str = "",
+    unknown_hint: str = "check the spelling; see `moonsweep train --help`",
+) -> ConfigError:
+    """The one ConfigError for a pydantic ValidationError: every error, `; `-separated.
+
+    Each names the setting (dotted), the bad value and what is allowed; `prefix` says
+    what was being validated, `unknown_hint` follows a misspelt setting.
+
+        >>> try:
+        ...     TrainConfig.model_validate({"epochs": 0})
+        ... except ValidationError as exc:
+        ...     print(config_error(exc, "invalid config: "))
+        invalid config: epochs: 0 is not allowed: Input should be greater than or equal to 1
+    """
+    lines = [_describe(e, unknown_hint) for e in exc.errors()]
+    return ConfigError(prefix + "; ".join(lines))
 
 
 def validate_config(data: dict[str, Any]) -> TrainConfig:
@@ -275,8 +324,7 @@ def validate_config(data: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+        raise config_error(exc, "invalid config: ") from None
 
 
 def load_config(
@@ -292,10 +340,8 @@ def load_config(
 
 def check_registered(config: TrainConfig) -> None:
     """ConfigError unless the config's data suite and model are registered names."""
-    # Imported here: the registries import torch-heavy modules that config itself does not need.
-    from engine.data import suites
-    from engine.models import models
-
+    # load_config calls it; validate_config (recorded configs) leaves an unknown suite or
+    # model to load_suite / build_model.
     if config.data.suite not in suites:
         raise ConfigError(
             f"data.suite: {config.data.suite!r} is not allowed; "

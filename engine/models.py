@@ -14,9 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, conv1x1
 
 from engine.registry import Registry
 
@@ -82,7 +80,12 @@ def resnet18(
     `width` is the first stage's channels (64: torchvision's ResNet-18; the stages double it),
     so tests and quick looks can run a narrow one; `depth` is ignored.
     """
-    net = torchvision.models.resnet18(num_classes=num_outputs)
+    # Lazy: torchvision takes ~2 s to import (it loads torch._dynamo) and only this model
+    # needs it; engine.config imports this registry to validate model names.
+    from torchvision.models.resnet import BasicBlock, conv1x1
+    from torchvision.models.resnet import resnet18 as torchvision_resnet18
+
+    net = torchvision_resnet18(num_classes=num_outputs)
     net.conv1 = nn.Conv2d(input_shape[0], width, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     if width != 64:  # the same modules under the same names, narrower

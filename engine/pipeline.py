@@ -11,6 +11,10 @@ generator, drawn at the start of the epoch: the batches are the same on every de
 resumed run draws exactly what an uninterrupted one would, and without augmentation the
 draws are exactly those of a DataLoader over a `SubsetRandomSampler` on the same generator.
 
+Augmentations are registered by name in `augments` (the names `data.augment` accepts):
+each is a function called once per epoch that draws its random numbers and returns the
+transform of one batch (or None for no change).
+
 Example:
     >>> import torch
     >>> from engine.pipeline import DeviceLoader
@@ -24,14 +28,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-Augment = Literal["none", "crop_flip"]
-AUGMENTS: tuple[str, ...] = ("none", "crop_flip")
+from engine.registry import Registry
+
+# One batch's transform: (images of the batch, its slice of the epoch's order) -> images.
+BatchTransform = Callable[[torch.Tensor, slice], torch.Tensor]
+
+augments: Registry[BatchTransform | None] = Registry("augmentation")
 
 
 def crop_flip(
@@ -53,6 +60,26 @@ def crop_flip(
     return strip.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+@augments.register("none")
+def no_augment(n: int, generator: torch.Generator, device: torch.device, pad: int) -> None:
+    """No augmentation (draws nothing): batches are the images as stored."""
+    return None
+
+
+@augments.register("crop_flip")
+def crop_flip_augment(
+    n: int, generator: torch.Generator, device: torch.device, pad: int
+) -> BatchTransform:
+    """A random crop from the image zero-padded by `pad` pixels, then a random horizontal flip.
+
+    Draws every offset and flip of the epoch's `n` images at once, on the CPU generator.
+    """
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n,), generator=generator).bool()
+    offsets, flips = offsets.to(device), flips.to(device)
+    return lambda xb, part: crop_flip(xb, offsets[part], flips[part], pad)
+
+
 class DeviceLoader:
     """Shuffled batches of (x, y) tensors that live on one device.
 
@@ -67,14 +94,14 @@ class DeviceLoader:
         y: torch.Tensor,
         batch_size: int,
         generator: torch.Generator,
-        augment: Augment = "none",
+        augment: str = "none",
         pad: int = 4,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, not {augment!r}")
-        if augment == "crop_flip" and x.dim() != 4:
-            raise ValueError(f"crop_flip needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        if augment not in augments:
+            raise ValueError(f"augment must be one of {tuple(augments.names())}, not {augment!r}")
+        if augment != "none" and x.dim() != 4:
+            raise ValueError(f"{augment} needs images (N, C, H, W), got shape {tuple(x.shape)}")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.generator = generator
@@ -90,16 +117,14 @@ class DeviceLoader:
         n, device = len(self.y), self.x.device
         # Drawn on the CPU generator and moved once per epoch: the same order on any device.
         perm = torch.randperm(n, generator=self.generator).to(device)
-        if self.augment == "crop_flip":
-            offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=self.generator)
-            flips = torch.randint(0, 2, (n,), generator=self.generator).bool()
-            offsets, flips = offsets.to(device), flips.to(device)
+        transform = augments.build(
+            self.augment, n=n, generator=self.generator, device=device, pad=self.pad
+        )
         for start in range(0, n, self.batch_size):
             idx = perm[start : start + self.batch_size]
             xb = self.x[idx]
-            if self.augment == "crop_flip":
-                part = slice(start, start + self.batch_size)
-                xb = crop_flip(xb, offsets[part], flips[part], self.pad)
+            if transform is not None:
+                xb = transform(xb, slice(start, start + self.batch_size))
             if self.memory_format is not torch.contiguous_format and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=self.memory_format)
             yield xb, self.y[idx]

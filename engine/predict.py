@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.config import ConfigError, DataConfig, TrainConfig, validate_config
-from engine.data import IMAGE_EXTENSIONS, Suite, _load_images, load_suite
+from engine.config import ConfigError, TrainConfig, validate_config
+from engine.data.suite import IMAGE_EXTENSIONS, Suite, load_images, load_suite
 from engine.evaluate import DiceLayers, dice_layers, score_inputs
 from engine.models import Classifier, build_model
 from engine.scores import compute_score, mean_probs
@@ -229,8 +229,6 @@ def load_inputs(
     images as one (N, C, H, W) tensor. Raises ConfigError for a missing or unreadable file.
     """
     channels, height, width = input_shape
-    # The suites' own image reader, set to this model's input size.
-    reader = DataConfig(suite="imagefolder", image_size=height, channels=channels)
     names: list[str] = []
     parts: list[torch.Tensor] = []
     for raw in paths:
@@ -255,7 +253,8 @@ def load_inputs(
                     batch = batch[:, None]
                 names += [f"{file}[{i}]" for i in range(len(batch))]
             else:
-                batch = _load_images([file], reader)
+                # The suites' own image reader, set to this model's input size.
+                batch = load_images([file], height, channels)
                 names.append(str(file))
             if tuple(batch.shape[1:]) != tuple(input_shape):
                 raise ConfigError(

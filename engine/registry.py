@@ -1,4 +1,8 @@
-"""Name -> builder registries, so a new dataset, model or score is one decorated function.
+"""Name -> builder registries, so a new dataset, model, sparse method or score is one
+decorated function.
+
+`registered_name` turns a registry into a pydantic field type, so the config schema
+accepts exactly the names registered when it validates (no list typed by hand).
 
 Example:
     >>> from engine.registry import Registry
@@ -15,7 +19,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator
 
 T = TypeVar("T")
 
@@ -52,3 +58,32 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._builders
+
+
+def registered_name(registry: Registry[Any], *also: str) -> Any:
+    """A pydantic field type: a str that is one of `also` or a name in `registry`.
+
+    Checked when a config is validated, so names registered after import count too; the
+    message lists what is allowed, as pydantic's own for a Literal does.
+
+        >>> from pydantic import TypeAdapter, ValidationError
+        >>> kinds = Registry("kind")
+        >>> _ = kinds.register("b")(list)
+        >>> TypeAdapter(registered_name(kinds, "a")).validate_python("b")
+        'b'
+        >>> try:
+        ...     TypeAdapter(registered_name(kinds, "a")).validate_python("c")
+        ... except ValidationError as exc:
+        ...     print(exc.errors()[0]["msg"])
+        Value error, Input should be 'a' or 'b'
+    """
+
+    def check(value: str) -> str:
+        allowed = [*also, *registry.names()]
+        if value not in allowed:
+            quoted = [repr(name) for name in allowed]
+            listing = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            raise ValueError(f"Input should be {listing}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]

@@ -1,4 +1,7 @@
-"""Sparse topologies: ERK/uniform layer densities, static masks, SET and RigL drop-and-grow.
+"""Sparse topologies: ERK/uniform layer densities, and masks updated by a registered method.
+
+The methods (static, SET, RigL: how connections are dropped and regrown) are registered in
+`engine.sparse_methods`; this module holds the masks and the drop-and-grow mechanics.
 
 Written here rather than taken from a library: `torch.ao.pruning` prunes (masks only
 shrink, through parametrizations that cost every forward) and has no ERK densities nor
@@ -23,6 +26,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from engine.sparse_methods import sparse_methods
 
 SPARSE_LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -81,9 +86,11 @@ class SparseMasks:
         method: str = "rigl",
         generator: torch.Generator | None = None,
     ) -> None:
-        if method not in ("static", "set", "rigl"):
-            raise ValueError(f"sparse method must be static, set or rigl, not {method!r}")
+        if method not in sparse_methods:
+            allowed = ", ".join(sparse_methods.names())
+            raise ValueError(f"sparse method must be one of {allowed}, not {method!r}")
         self.method = method
+        self.scores = sparse_methods.get(method)
         self.params = maskable_weights(model)
         shapes = {name: tuple(p.shape) for name, p in self.params.items()}
         plan = erk_densities if init == "erk" else uniform_densities
@@ -118,12 +125,13 @@ class SparseMasks:
     # -- topology updates ---------------------------------------------------------------------
     @torch.no_grad()
     def update(self, drop_fraction: float, optimizer: torch.optim.Optimizer | None = None) -> int:
-        """Drop the smallest-magnitude active weights and regrow as many elsewhere.
+        """Drop `drop_fraction` of each layer's active weights and regrow as many elsewhere.
 
-        RigL regrows where the current dense gradient is largest, SET at random. Regrown
-        weights start at zero. Returns the number of connections that moved.
+        Which ones is the method's rule (`engine.sparse_methods`): the active weights with
+        the lowest drop score go, the inactive ones with the highest grow score come (from
+        zero). Returns the number of connections that moved.
         """
-        if self.method == "static" or drop_fraction <= 0:
+        if drop_fraction <= 0:
             return 0
         moved = 0
         for name, p in self.params.items():
@@ -134,18 +142,14 @@ class SparseMasks:
                 continue
             flat_mask = mask.view(-1)
             active = flat_mask.bool()
-            drop_score = torch.where(active, p.detach().abs().reshape(-1), torch.inf)
-            dropped = torch.topk(drop_score, k, largest=False).indices
+            scores = self.scores(p, active, self.generator)
+            if scores is None:  # this method keeps the mask
+                continue
+            drop_score, grow_score = scores
+            dropped = torch.topk(torch.where(active, drop_score, torch.inf), k, largest=False)
             kept = active.clone()
-            kept[dropped] = False
-            if self.method == "rigl":
-                if p.grad is None:
-                    raise RuntimeError("RigL needs gradients: call update() after backward()")
-                grow_score = p.grad.detach().abs().reshape(-1).clone()
-            else:
-                grow_score = torch.rand(p.numel(), generator=self.generator).to(p.device)
-            grow_score[kept] = -torch.inf
-            grown = torch.topk(grow_score, k).indices
+            kept[dropped.indices] = False
+            grown = torch.topk(grow_score.masked_fill(kept, -torch.inf), k).indices
             new_mask = kept.clone()
             new_mask[grown] = True
             new_weight = new_mask & ~active  # regrown connections start from zero
@@ -153,9 +157,10 @@ class SparseMasks:
             p.masked_fill_(new_weight.view(p.shape), 0.0)
             moved += int(k)
             flat_mask.copy_(new_mask.to(mask.dtype))
-        self.apply_()
-        if optimizer is not None:
-            self.mask_optimizer_state_(optimizer)
+        if moved:  # nothing moved: weights and optimizer state are already inside the mask
+            self.apply_()
+            if optimizer is not None:
+                self.mask_optimizer_state_(optimizer)
         return moved
 
     @torch.no_grad()

@@ -34,12 +34,42 @@ from engine.evaluate import evaluate
 from engine.models import Classifier, build_model
 from engine.moon import AlphaSchedule, moon_loss
 from engine.pipeline import DeviceLoader
+from engine.sparse_methods import DENSE
 from engine.sparsity import SparseMasks, drop_fraction_at
 from engine.voting import Voter, snapshot_steps
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run cannot continue."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped by `cause` after `epoch` completed epochs; the one failure type.
+
+    `last_state` is the last saved state (serialised run states) to retry from, None when
+    none was saved; `kind` names the fault for a retry policy.
+
+        >>> failed = TrainingFailed(TrainingDiverged("loss is nan at epoch 3"), epoch=2)
+        >>> failed.kind, failed.epoch, str(failed)
+        ('nan', 2, 'TrainingDiverged: loss is nan at epoch 3')
+    """
+
+    def __init__(self, cause: BaseException, epoch: int, last_state: bytes | None = None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.epoch = epoch
+        self.last_state = last_state
+
+    @property
+    def kind(self) -> str | None:
+        """`oom`, `nan` or `error`; None for a ConfigError (the same config fails again)."""
+        if isinstance(self.cause, ConfigError):
+            return None
+        if isinstance(self.cause, torch.OutOfMemoryError | MemoryError):
+            return "oom"
+        if isinstance(self.cause, TrainingDiverged):
+            return "nan"
+        return "error"
 
 
 @dataclass
@@ -163,7 +193,7 @@ class Run:
         )
         sp = cfg.sparsity
         self.masks = None
-        if sp.method != "dense":
+        if sp.method != DENSE:
             self.masks = SparseMasks(self.model, sp.density, sp.init, sp.method, self.generator)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
@@ -229,11 +259,7 @@ class Run:
             loss.backward()
             self.step += 1
             if masks is not None:
-                if (
-                    sp.method != "static"
-                    and self.step % sp.update_interval == 0
-                    and self.step < self.mask_stop_step
-                ):
+                if self.step % sp.update_interval == 0 and self.step < self.mask_stop_step:
                     fraction = drop_fraction_at(self.step, sp.drop_fraction, self.mask_stop_step)
                     moved += masks.update(fraction, self.optimizer)
                 masks.mask_grads_()

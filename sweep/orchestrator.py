@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.checkpoint import load_json, save_json
-from engine.config import ConfigError
+from engine.config import ConfigError, config_error
 from sweep.cluster import (
     check_results_storage,
     experiment_path,
@@ -188,9 +188,7 @@ def _resolve_space(opts: SweepOptions) -> tuple[SearchSpace, list[str]]:
         space = SearchSpace.model_validate({**data, "source_dir": space.source_dir})
         space.check()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise config_error(exc, "", "check the spelling") from None
     except ConfigError as exc:
         raise ConfigError(f"with the command line's settings: {exc}") from None
     return space, notes

@@ -29,6 +29,8 @@ from engine.config import (
     TrainConfig,
     apply_overrides,
     check_registered,
+    config_error,
+    format_value,
     load_yaml,
     resolve_source,
     validate_config,
@@ -206,7 +208,7 @@ class SearchSpace(_Strict):
             if self.source_dir and (Path(self.source_dir) / base).is_file():
                 base = str(Path(self.source_dir) / base)
             data = resolve_source(base)
-            overrides = [f"{k}={_yaml_value(v)}" for k, v in self.set.items()]
+            overrides = [f"{k}={format_value(v)}" for k, v in self.set.items()]
             self._base = apply_overrides(data, overrides)
         return copy.deepcopy(self._base)
 
@@ -216,7 +218,7 @@ class SearchSpace(_Strict):
         """The resolved training config of one trial and seed."""
         data = self.base_data()
         items = {**params, **(extra or {}), "seed": seed}
-        apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in items.items()])
+        apply_overrides(data, [f"{k}={format_value(v)}" for k, v in items.items()])
         return validate_config(data)
 
     @property
@@ -431,16 +433,6 @@ def _cast(param: Parameter, value: float | None) -> Any:
     return int(value) if param.distribution in ("int", "log_int") else value
 
 
-def _yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
-    return str(value)
-
-
 def space_names() -> list[str]:
     return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
 
@@ -466,12 +458,7 @@ def load_space(source: str | Path) -> SearchSpace:
     try:
         space = SearchSpace.model_validate({**data, "source_dir": str(path.parent)})
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise ConfigError(f"search space {path.name}: " + "; ".join(parts)) from None
+        raise config_error(exc, f"search space {path.name}: ", "check the spelling") from None
     try:
         space.check()
     except ConfigError as exc:

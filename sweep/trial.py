@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ from ray import tune
 
 from engine import faults
 from engine.checkpoint import load_json, load_newest, save_checkpoint, save_json
-from engine.config import ConfigError, TrainConfig
+from engine.config import TrainConfig
 from engine.data import load_suite
-from engine.train import Run, TrainingDiverged
+from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import node_placement
 from sweep.search import SEARCH_ARM
 from sweep.spaces import SearchSpace
@@ -74,17 +75,6 @@ def _cap_gpu_memory(fraction: float) -> None:
     # Ray's fractional GPUs are bookkeeping only (ray#5902): enforce the share here.
     if 0 < fraction < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(fraction)
-
-
-def fault_kind(exc: BaseException) -> str | None:
-    """The retry policy's name for a fault (`oom`, `nan`, `error`); None: never retried."""
-    if isinstance(exc, ConfigError):
-        return None  # the same config fails the same way again
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return "oom"
-    if isinstance(exc, TrainingDiverged):
-        return "nan"
-    return "error"
 
 
 def _restore(checkpoint: tune.Checkpoint, directory: Path) -> tuple[list[dict], str]:
@@ -131,23 +121,22 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
             for run, state in zip(runs, states or [], strict=False):
                 run.load_state_dict(state)
             try:
-                final = _train(runs, space, note, stoppable=config["arm"] == SEARCH_ARM)
+                finished = _train(runs, space, note, stoppable=config["arm"] == SEARCH_ARM)
                 break
-            except Exception as exc:
-                kind = fault_kind(exc)
+            except TrainingFailed as failed:
                 policy = space.retry
-                if kind not in policy.on or len(retried) >= policy.attempts:
+                if failed.kind not in policy.on or len(retried) >= policy.attempts:
                     raise
-                retried.append(f"{type(exc).__name__}: {exc}"[:200])
+                retried.append(str(failed)[:200])
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 # Again from the last reported checkpoint (or the start).
-                last = getattr(exc, "last_state", None)
+                last = failed.last_state
                 states = (
                     torch.load(io.BytesIO(last), weights_only=True)["runs"] if last else states
                 )
                 note = ""
-        results = final.pop("_results")
+        final, results = finished.metrics, finished.results
         final["retries"] = len(retried)
         final.update(node_placement())
         if retried:
@@ -160,17 +149,26 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 save_json(out / f"metrics-seed{seed}.json", result.metrics)
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:  # failures are data: record why, let the sweep go on
-        epoch = getattr(exc, "epoch", 0)
-        reason = f"{type(exc).__name__}: {exc}"
+        epoch = exc.epoch if isinstance(exc, TrainingFailed) else 0
+        reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
         if retried:
             reason += f" (after {len(retried)} retries: {' | '.join(retried)})"
         tune.report({"fail_reason": reason[:500], "epoch": epoch, "val_accuracy": math.nan})
 
 
-def _train(runs: list[Run], space: SearchSpace, note: str, stoppable: bool) -> dict[str, Any]:
+@dataclass
+class Finished:
+    """A trial trained to the end: its final figures (means over seeds) and each seed's run."""
+
+    metrics: dict[str, Any]
+    results: list[TrainResult]
+
+
+def _train(runs: list[Run], space: SearchSpace, note: str, stoppable: bool) -> Finished:
     """Train to the end, reporting (with a checkpoint) every `report_every` epochs.
 
-    An exception leaves the last reported state on itself (`last_state`) for a retry.
+    Any exception comes out as a `TrainingFailed` carrying the epoch and the last reported
+    state, for a retry.
     """
     history: list[dict[str, float]] = []  # epochs not yet reported
     last_state: bytes | None = None
@@ -204,12 +202,12 @@ def _train(runs: list[Run], space: SearchSpace, note: str, stoppable: bool) -> d
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
                 history = []
     except Exception as exc:
-        exc.last_state = last_state  # type: ignore[attr-defined]
-        exc.epoch = runs[0].epoch  # type: ignore[attr-defined]
-        raise
-    results = [run.finish() for run in runs]
+        raise TrainingFailed(exc, runs[0].epoch, last_state) from exc
+    try:
+        results = [run.finish() for run in runs]
+    except Exception as exc:  # no epoch nor state to name: a retry starts as this attempt did
+        raise TrainingFailed(exc, 0) from exc
     final: dict[str, Any] = aggregate([r.metrics for r in results])
     final.update({"epoch": runs[0].epoch, "val_accuracy": metrics["val_accuracy"], "final": 1})
     final["history"] = history
-    final["_results"] = results
-    return final
+    return Finished(final, results)

@@ -1,4 +1,4 @@
-"""Tests for engine.vision: each dataset written in its real on-disk format, read via torchvision.
+"""Tests for engine.data.datasets and .openood: each dataset in its real on-disk format.
 
 The fixtures (tests/datafiles.py) are tiny but byte-for-byte in the official layouts: CIFAR
 pickles as Python 2 wrote them, SVHN .mat, MNIST idx files, DTD / Places365 / TinyImageNet
@@ -27,10 +27,11 @@ from datafiles import (
     write_tinyimagenet,
 )
 
-from engine import vision
 from engine.config import ConfigError, DataConfig, load_config
-from engine.data import Suite, load_suite, suites
-from engine.vision import DatasetNotFound, MissingOODWarning, datasets, load_dataset
+from engine.data import Suite, load_suite, openood, suites
+from engine.data.datasets import DatasetNotFound, datasets, load_dataset
+from engine.data.openood import MissingOODWarning
+from engine.data.suite import train_val_indices
 
 ALL_OOD = ["cifar100", "tinyimagenet", "mnist", "svhn", "textures", "places365"]
 
@@ -193,7 +194,7 @@ def test_cifar10_ood_suite(cifar10_suite: Suite, full: tuple[Path, Any]) -> None
     # ... with the statistics of exactly those train images, applied to the official test part.
     raw_train = torch.from_numpy(w["x_train"].reshape(-1, 3, 32, 32)).float() / 255
     raw_test = torch.from_numpy(w["x_test"].reshape(-1, 3, 32, 32)).float() / 255
-    train_idx, _ = vision._train_val(torch.from_numpy(w["y_train"]), DataConfig(), "test")
+    train_idx, _ = train_val_indices(torch.from_numpy(w["y_train"]), DataConfig(), "test")
     picked = raw_train[torch.from_numpy(train_idx)]
     mean = picked.mean(dim=(0, 2, 3), keepdim=True)
     std = picked.std(dim=(0, 2, 3), keepdim=True)
@@ -239,7 +240,7 @@ def test_split_seed_moves_the_val_split(full: tuple[Path, Any]) -> None:
 
 
 def test_ood_sets_capped(full: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vision, "OOD_CAP", 5)
+    monkeypatch.setattr(openood, "OOD_CAP", 5)
     s = load_suite(_cfg(full[0]))
     assert all(len(o.val) + len(o.test) == 5 for o in s.ood)
     assert len(s.test) == 20  # the ID test part is never capped
@@ -322,7 +323,7 @@ def test_download_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_importing_vision_first_has_no_import_cycle() -> None:
     code = (
-        "import engine.vision, engine.data; "
+        "import engine.data.openood, engine.data; "
         "assert {'cifar10-ood', 'cifar100-ood'} <= set(engine.data.suites.names())"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,49 +1,21 @@
-"""Real-image OOD suites after OpenOOD: CIFAR-10 / CIFAR-100 against six OOD sets.
+"""Single real-image datasets for the OpenOOD suites, read (or downloaded) via torchvision.
 
-Two suites are registered in `engine.data.suites` when `engine.data` is imported:
-
-* ``cifar10-ood``:  ID CIFAR-10 (K=10);  near CIFAR-100, TinyImageNet;
-  far MNIST, SVHN, Textures (DTD), Places365.
-* ``cifar100-ood``: ID CIFAR-100 (K=100); near CIFAR-10, TinyImageNet; far the same four.
-
-Every image is (3, 32, 32); ``data.image_size``, ``data.channels``, ``data.known_classes``,
-``data.test_fraction`` and ``data.far_ood_size`` do not apply. The official train part is
-split into train/val by ``data.val_fraction`` (stratified, ``data.split_seed``); the official
-test part is the ID test split as is. Each OOD set is used whole up to `OOD_CAP` images (a
-seeded subsample beyond, to bound memory) and split into val/test by ``data.ood_val_fraction``.
-Everything is normalised with the ID-train channel mean/std. OpenOOD's removal of images
-that overlap ID classes (e.g. in TinyImageNet) is not done.
-
-Layout under the data root (``data.root``, else the environment variable ``MOONSWEEP_DATA``)
-is what torchvision writes itself, so ``download=True`` and hand-placed files agree::
-
-    cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}   CIFAR10(root)
-    cifar-100-python/{train,test,meta}                              CIFAR100(root)
-    svhn/test_32x32.mat                                             SVHN(root/svhn)
-    MNIST/raw/t10k-{images-idx3,labels-idx1}-ubyte                  MNIST(root)
-    dtd/dtd/{images/<class>/*.jpg,labels/{train,val,test}1.txt}     DTD(root), all 3 splits
-    places365/{categories_places365.txt,places365_val.txt,val_256/} Places365(root/places365)
-    tiny-imagenet-200/val/ (else test/): any images below            (no torchvision class)
+The registry `datasets` maps a name to a loader returning a `RawDataset` (uint8 images
+(N, 3, 32, 32), kept small until a suite normalises them); `load_dataset` returns float32.
+The suites built from them are in `engine.data.openood`, which documents the layout
+under the data root.
 
 Nothing is downloaded unless the environment variable ``MOONSWEEP_DOWNLOAD=1`` is set (the
 config has no such field). torchvision's md5 checks of the CIFAR pickles, the SVHN .mat and
 the Places365 file lists run by default; ``MOONSWEEP_VERIFY_MD5=0`` reduces them to "the file
 exists" (for re-packed copies, and for test fixtures, which cannot match the official md5).
-An absent ID dataset is a `ConfigError`; an absent OOD set is skipped with a
-`MissingOODWarning`, as long as at least one OOD set is left.
+A dataset absent on disk raises `DatasetNotFound` (a `ConfigError`).
 
-Single datasets: the registry `datasets` maps a name to a loader returning a `RawDataset`
-(uint8 images, kept small until the suite normalises them); `load_dataset` returns float32.
+torchvision.datasets is imported inside each loader: it takes ~2 s to import and only the
+OpenOOD suites need it.
 
 Example:
-    >>> import os
-    >>> from engine.config import DataConfig
-    >>> from engine.data import load_suite
-    >>> os.environ["MOONSWEEP_DATA"] = "/data"  # doctest: +SKIP
-    >>> suite = load_suite(DataConfig(suite="cifar10-ood"))  # doctest: +SKIP
-    >>> suite.num_classes, suite.input_shape, [o.name for o in suite.ood]  # doctest: +SKIP
-    (10, (3, 32, 32), ['cifar100', 'tinyimagenet', 'mnist', 'svhn', 'textures', 'places365'])
-    >>> from engine.vision import load_dataset
+    >>> from engine.data.datasets import load_dataset
     >>> x, y = load_dataset("svhn", "/data")  # float32 in [0, 1], (N, 3, 32, 32)  # doctest: +SKIP
 """
 
@@ -51,7 +23,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,54 +34,39 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
-from engine.config import ConfigError, DataConfig
-from engine.data import (
-    _STREAM_OOD_SPLIT,
-    OODGroup,
-    OODSet,
-    Split,
-    Suite,
-    _image_files,
-    split_error,
-    suites,
-)
+from engine.data.suite import DataConfig, image_files
+from engine.errors import ConfigError
 from engine.registry import Registry
 
 __all__ = [
     "ENV_DATA",
     "ENV_DOWNLOAD",
     "ENV_VERIFY_MD5",
-    "OOD_CAP",
-    "PROTOCOLS",
+    "SIZE",
     "DatasetNotFound",
-    "MissingOODWarning",
     "RawDataset",
     "data_root",
     "datasets",
+    "env_flag",
     "load_dataset",
+    "name_key",
 ]
 
 ENV_DATA = "MOONSWEEP_DATA"
 ENV_DOWNLOAD = "MOONSWEEP_DOWNLOAD"
 ENV_VERIFY_MD5 = "MOONSWEEP_VERIFY_MD5"
 SIZE = 32
-OOD_CAP = 10_000  # per OOD set: Places365 val alone is 36,500 images
 Part = Literal["train", "test"]
 
-# Seed streams of our own (engine.data uses 1..3); each is also keyed by the set's name, so
-# a skipped or added OOD set never changes which images another set gets.
+# A seed stream of our own (engine.data.suite and .digits use 1..3); it is also keyed by
+# the set's name, so a skipped or added OOD set never changes which images another set gets.
 _STREAM_CAP = 11
 _T = TypeVar("_T")
 
 
 class DatasetNotFound(ConfigError):
     """A dataset's files are not on disk (an OOD set is then skipped, an ID set is fatal)."""
-
-
-class MissingOODWarning(UserWarning):
-    """An OOD set of a suite is absent on disk and left out of the run."""
 
 
 @dataclass
@@ -136,7 +92,8 @@ datasets: Registry[RawDataset] = Registry("dataset")
 # --------------------------------------------------------------------------- settings
 
 
-def _env_flag(name: str, default: bool) -> bool:
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment variable (1/0, true/false, yes/no, on/off); unset: `default`."""
     value = os.environ.get(name, "").strip().lower()
     if not value:
         return default
@@ -164,7 +121,8 @@ def data_root(cfg: DataConfig | None = None) -> Path:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _name_key(name: str) -> int:
+def name_key(name: str) -> int:
+    """A stable integer for a dataset name, to key its own random stream by."""
     return zlib.crc32(name.encode())
 
 
@@ -172,7 +130,7 @@ def _pick(n: int, limit: int | None, seed: int, name: str) -> np.ndarray | None:
     """Sorted indices of a seeded subsample of `limit` out of `n`, or None to keep all."""
     if limit is None or n <= limit:
         return None
-    rng = np.random.default_rng([seed, _STREAM_CAP, _name_key(name)])
+    rng = np.random.default_rng([seed, _STREAM_CAP, name_key(name)])
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
@@ -314,7 +272,7 @@ def cifar10(
     seed: int = 0,
 ) -> RawDataset:
     """CIFAR-10 via torchvision.datasets.CIFAR10: train 50,000 or test 10,000 images."""
-    from torchvision.datasets import CIFAR10  # ~2 s to import: only when a suite needs it
+    from torchvision.datasets import CIFAR10  # lazy: see the module docstring
 
     raw = _cifar(CIFAR10, "CIFAR-10", Path(root), part, download, verify)
     return _subset(raw, _pick(len(raw), limit, seed, "cifar10"))
@@ -331,7 +289,7 @@ def cifar100(
     seed: int = 0,
 ) -> RawDataset:
     """CIFAR-100 (fine labels) via torchvision.datasets.CIFAR100."""
-    from torchvision.datasets import CIFAR100
+    from torchvision.datasets import CIFAR100  # lazy: see the module docstring
 
     raw = _cifar(CIFAR100, "CIFAR-100", Path(root), part, download, verify)
     return _subset(raw, _pick(len(raw), limit, seed, "cifar100"))
@@ -348,7 +306,7 @@ def svhn(
     seed: int = 0,
 ) -> RawDataset:
     """SVHN cropped digits (<root>/svhn/<part>_32x32.mat) via torchvision.datasets.SVHN."""
-    from torchvision.datasets import SVHN
+    from torchvision.datasets import SVHN  # lazy: see the module docstring
 
     folder = Path(root) / "svhn"
     _, filename, _ = SVHN.split_list[part]
@@ -387,7 +345,7 @@ def mnist(
 
     `verify` does not apply: torchvision checks MNIST's raw files for existence only.
     """
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # lazy: see the module docstring
 
     prefix = "train" if part == "train" else "t10k"
     needed = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
@@ -434,7 +392,7 @@ def textures(
     seed: int = 0,
 ) -> RawDataset:
     """DTD via torchvision.datasets.DTD: train+val+test of partition 1, i.e. every image."""
-    from torchvision.datasets import DTD
+    from torchvision.datasets import DTD  # lazy: see the module docstring
 
     _only_test("textures", part)
     folder = Path(root) / "dtd" / "dtd"
@@ -475,7 +433,7 @@ def places365(
     seed: int = 0,
 ) -> RawDataset:
     """Places365 small (256 px) val images via torchvision.datasets.Places365."""
-    from torchvision.datasets import Places365
+    from torchvision.datasets import Places365  # lazy: see the module docstring
 
     _only_test("places365", part)
     folder = Path(root) / "places365"
@@ -523,7 +481,7 @@ def tinyimagenet(
     _only_test("tinyimagenet", part)
     base = Path(root) / "tiny-imagenet-200"
     folders = [base / "val", base / "test"]
-    found = next(((d, f) for d in folders if d.is_dir() and (f := _image_files(d))), None)
+    found = next(((d, f) for d in folders if d.is_dir() and (f := image_files(d))), None)
     if found is None:
         raise DatasetNotFound(
             f"data.root: TinyImageNet not found in {folders[0]} (nor {folders[1].name}/): "
@@ -556,126 +514,9 @@ def load_dataset(
         name,
         root=Path(root).expanduser() if root is not None else data_root(),
         part=part,
-        download=_env_flag(ENV_DOWNLOAD, False) if download is None else download,
-        verify=_env_flag(ENV_VERIFY_MD5, True) if verify is None else verify,
+        download=env_flag(ENV_DOWNLOAD, False) if download is None else download,
+        verify=env_flag(ENV_VERIFY_MD5, True) if verify is None else verify,
         limit=limit,
         seed=seed,
     )
     return raw.as_float(), raw.labels
-
-
-# --------------------------------------------------------------------------- suites
-
-FAR = ("mnist", "svhn", "textures", "places365")
-PROTOCOLS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    # suite: (ID dataset, near-OOD sets, far-OOD sets), as in OpenOOD v1.5
-    "cifar10-ood": ("cifar10", ("cifar100", "tinyimagenet"), FAR),
-    "cifar100-ood": ("cifar100", ("cifar10", "tinyimagenet"), FAR),
-}
-
-
-def _train_val(y: torch.Tensor, cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
-    n = len(y)
-    n_val = max(1, round(cfg.val_fraction * n))
-    labels = y.numpy()
-    try:
-        train, val = train_test_split(
-            np.arange(n), test_size=n_val, stratify=labels, random_state=cfg.split_seed
-        )
-    except ValueError as exc:
-        what = f"train/val (val_fraction={cfg.val_fraction})"
-        raise split_error(source, labels, what, exc) from None
-    return np.sort(train), np.sort(val)  # sorted: split content, not order, is random
-
-
-def _build(suite: str, cfg: DataConfig) -> Suite:
-    id_name, near, far = PROTOCOLS[suite]
-    root = data_root(cfg)
-    download = _env_flag(ENV_DOWNLOAD, False)
-    verify = _env_flag(ENV_VERIFY_MD5, True)
-    opts: dict[str, Any] = {"root": root, "download": download, "verify": verify}
-
-    train_raw = datasets.build(id_name, part="train", **opts)
-    test_raw = datasets.build(id_name, part="test", **opts)
-    assert train_raw.labels is not None and test_raw.labels is not None  # CIFAR is labelled
-    classes = train_raw.classes or []
-    source = f"data.root: {train_raw.path}"
-    train_idx, val_idx = _train_val(train_raw.labels, cfg, source)
-
-    # Statistics from ID train only, so nothing about val/test/OOD leaks into inputs.
-    t = torch.from_numpy(train_idx)
-    train_x = train_raw.images[t].float().div_(255.0)
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant channel: centre only
-    train_x.sub_(mean).div_(std)
-
-    def norm(u8: torch.Tensor) -> torch.Tensor:
-        return u8.float().div_(255.0).sub_(mean).div_(std).contiguous()  # one float copy
-
-    v = torch.from_numpy(val_idx)
-    train = Split(train_x, train_raw.labels[t].contiguous())
-    val = Split(norm(train_raw.images[v]), train_raw.labels[v].contiguous())
-    del train_raw  # the uint8 train part is no longer needed: free it before the OOD sets
-    test = Split(norm(test_raw.images), test_raw.labels.contiguous())
-
-    ood: list[OODSet] = []
-    skipped: list[str] = []
-    group: OODGroup
-    for group, names in (("near", near), ("far", far)):
-        for name in names:
-            try:
-                # Loaders reading files one by one decode only the `limit` images they keep.
-                raw = datasets.build(name, part="test", limit=OOD_CAP, seed=cfg.split_seed, **opts)
-            except DatasetNotFound as exc:
-                skipped.append(str(exc))
-                warnings.warn(
-                    f"{suite}: OOD set {name!r} skipped: {exc}", MissingOODWarning, stacklevel=3
-                )
-                continue
-            ood.append(_ood_set(name, group, raw, cfg, norm))
-    if not ood:
-        raise ConfigError(
-            f"data.root: {suite} needs at least one OOD set, found none: " + "; ".join(skipped)
-        )
-    return Suite(
-        name=suite,
-        num_classes=len(classes),
-        input_shape=(3, SIZE, SIZE),
-        class_names=classes,
-        train=train,
-        val=val,
-        test=test,
-        ood=ood,
-        norm_mean=mean,
-        norm_std=std,
-    )
-
-
-def _ood_set(
-    name: str,
-    group: OODGroup,
-    raw: RawDataset,
-    cfg: DataConfig,
-    norm: Callable[[torch.Tensor], torch.Tensor],
-) -> OODSet:
-    n = len(raw)
-    if n < 2:
-        raise ConfigError(f"data.root: OOD set {name!r} in {raw.path} needs at least 2 images")
-    rng = np.random.default_rng([cfg.split_seed, _STREAM_OOD_SPLIT, _name_key(name)])
-    perm = torch.from_numpy(rng.permutation(n))
-    n_val = min(max(round(cfg.ood_val_fraction * n), 1), n - 1)
-    val_idx, test_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-    return OODSet(name, group, norm(raw.images[val_idx]), norm(raw.images[test_idx]))
-
-
-@suites.register("cifar10-ood")
-def cifar10_ood(*, cfg: DataConfig) -> Suite:
-    """OpenOOD CIFAR-10 benchmark: see the module docstring for layout and rules."""
-    return _build("cifar10-ood", cfg)
-
-
-@suites.register("cifar100-ood")
-def cifar100_ood(*, cfg: DataConfig) -> Suite:
-    """OpenOOD CIFAR-100 benchmark: see the module docstring for layout and rules."""
-    return _build("cifar100-ood", cfg)
