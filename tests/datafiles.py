@@ -1,7 +1,7 @@
 """Tiny datasets written in their real on-disk formats, for the tests.
 
 CIFAR pickles as Python 2 wrote them, SVHN .mat, MNIST idx files, DTD / Places365 /
-TinyImageNet folders of JPEGs: the layouts torchvision reads (engine/vision.py). They cannot
+TinyImageNet folders of JPEGs: the layouts torchvision reads (engine/data/datasets.py). They cannot
 match the official md5 sums: readers need MOONSWEEP_VERIFY_MD5=0.
 
     written = write_all(root)          # every dataset of the cifar10-ood / cifar100-ood suites
