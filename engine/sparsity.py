@@ -119,8 +119,13 @@ class SparseMasks:
     def mask_grads_(self) -> None:
         """Zero the gradients outside the mask, so momentum and weight decay stay inside it."""
         grads = [p.grad for p in self._param_list]
-        if all(g is not None for g in grads):
+        if all(g is not None for g in grads):  # the usual case: one fused call
             torch._foreach_mul_(grads, self._mask_list)
+            return
+        # A layer without a gradient (unused in this forward pass) must not unmask the rest.
+        pairs = [(g, m) for g, m in zip(grads, self._mask_list, strict=True) if g is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     # -- topology updates ---------------------------------------------------------------------
     @torch.no_grad()
@@ -155,6 +160,10 @@ class SparseMasks:
             new_weight = new_mask & ~active  # regrown connections start from zero
             # Through the logical shape, not a flat view: channels_last weights are NHWC.
             p.masked_fill_(new_weight.view(p.shape), 0.0)
+            if p.grad is not None:
+                # ...and stay zero through this step's optimizer update: the gradient that
+                # chose them would otherwise move them at once (by about -lr * 1.9 * grad).
+                p.grad.masked_fill_(new_weight.view(p.shape), 0.0)
             moved += int(k)
             flat_mask.copy_(new_mask.to(mask.dtype))
         if moved:  # nothing moved: weights and optimizer state are already inside the mask

@@ -156,3 +156,53 @@ def test_engine_run_moves_masks_only_before_end_fraction(small) -> None:
     assert result.metrics["density"] == pytest.approx(0.1, abs=2e-3)
     for name in maskable_weights(model):
         assert f"density/{name}" in result.metrics
+
+
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_grown_weight_is_zero_after_its_first_step(small, method: str) -> None:
+    """Through the engine's own loop: a connection grown at a step is still 0 after that
+    step's optimizer update (SGD with Nesterov momentum and weight decay)."""
+    from engine.train import Run
+
+    cfg = small(f"sparsity.method={method}", "sparsity.update_interval=3", "voting.mode=off")
+    run = Run(cfg)
+    update, step = run.masks.update, run.optimizer.step
+    grown: dict[str, torch.Tensor] = {}
+    checked = []
+
+    def recording_update(fraction: float, optimizer=None) -> int:
+        before = {n: m.clone().bool() for n, m in run.masks.masks.items()}
+        moved = update(fraction, optimizer)
+        grown.update({n: run.masks.masks[n].bool() & ~before[n] for n in before})
+        return moved
+
+    def checking_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        for name, new in grown.items():
+            if new.any():
+                assert torch.all(run.masks.params[name].detach()[new] == 0), name
+                checked.append(int(new.sum()))
+        grown.clear()
+        return out
+
+    run.masks.update = recording_update
+    run.optimizer.step = checking_step
+    run.train_epoch()
+    assert sum(checked) > 0, "no connection was grown: the test checked nothing"
+
+
+def test_mask_grads_with_an_unused_layer_keeps_the_used_layer_masked() -> None:
+    torch.manual_seed(0)
+    used, unused = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    masks = SparseMasks(torch.nn.ModuleList([used, unused]), 0.25, init="uniform", method="set")
+    opt = torch.optim.SGD([used.weight, unused.weight], lr=0.5, momentum=0.9, weight_decay=1e-3)
+    x = torch.randn(16, 6)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        used(x).pow(2).sum().backward()  # `unused` gets no gradient at all
+        assert unused.weight.grad is None
+        masks.mask_grads_()
+        opt.step()
+        outside = used.weight.detach() * (1 - masks.masks["0.weight"])
+        assert torch.count_nonzero(outside) == 0
+    assert torch.count_nonzero(used.weight.detach()) > 0
