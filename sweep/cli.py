@@ -304,6 +304,13 @@ def select(
     prefer: Annotated[
         str | None, Opt(help="Metric that decides among the candidates (default: 1st objective)")
     ] = None,
+    space_constraints: Annotated[
+        bool,
+        Opt(
+            "--space-constraints/--no-space-constraints",
+            help="Apply the space's own constraints too (e.g. accuracy within 1 point of dense)",
+        ),
+    ] = True,
     confirm_seeds: Annotated[
         int, Opt(min=0, help="Re-train top candidates and baselines on N new, shared seeds")
     ] = 0,
@@ -333,6 +340,7 @@ def select(
         confirm_seeds,
         confirm_top=confirm_top,
         on_progress=lambda line: typer.echo(line, err=True),
+        sweep_constraints_too=space_constraints,
     )
     version = None
     if register:

@@ -258,9 +258,10 @@ def select(
     pareto = pareto_front(searched, objectives)
     feasible = [r for r in searched if all(c.holds(r) for c in applied)]
     if not feasible:
+        hint = "; or leave the space's own out with --no-space-constraints" if own else ""
         raise ConfigError(
             f"no finished searched trial of {state.name} meets "
-            f"{', '.join(map(str, applied))}; {_closest(searched, applied)}"
+            f"{', '.join(map(str, applied))}; {_closest(searched, applied)}{hint}"
         )
     candidates = pareto_front(feasible, objectives)
     ranked = _ranked(candidates, prefer_metric, direction)
