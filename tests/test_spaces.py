@@ -172,3 +172,115 @@ def test_searcher_state_survives_pickling(tmp_path: Path) -> None:
     assert restored.suggest("t1")["optuna_trial"] == 1  # same study, next number
     restored.on_trial_complete("t0", _final(0.9))
     assert restored.study.trials[0].state.name == "COMPLETE"
+
+
+# -- stored and read back: sweep.json, space.yaml ---------------------------------------------
+
+
+def _keys(node: object) -> object:
+    """Every mapping's keys in order, recursively: equal dicts can still differ here."""
+    if isinstance(node, dict):
+        return [(k, _keys(v)) for k, v in node.items()]
+    if isinstance(node, list):
+        return [_keys(v) for v in node]
+    return node
+
+
+def _stored_spaces() -> list[tuple[str, object]]:
+    from sweep.spaces import space_names, with_epochs, with_settings
+
+    out = []
+    for name in space_names():
+        space = load_space(name)
+        out.append((name, space))
+        out.append((f"{name} --epochs 5", with_epochs(space, 5)[0]))
+        out.append((f"{name} --set", with_settings(space, ["model.width=8", "data.split_seed=3"])))
+    return out
+
+
+@pytest.mark.parametrize(("label", "space"), _stored_spaces(), ids=lambda v: str(v)[:40])
+def test_stored_space_round_trips_in_order(label: str, space, tmp_path: Path) -> None:
+    """What `run` writes (sweep.json, space.yaml) comes back identical, key order included,
+    and validates again: a `when` condition's parameter stays before the one it gates."""
+    import yaml
+
+    from engine.checkpoint import load_json, save_json
+    from sweep.orchestrator import SweepState
+    from sweep.spaces import SearchSpace
+
+    dumped = space.model_dump(mode="json")
+    state = SweepState(
+        name="s", space=dumped, space_source=label, tracking_uri="sqlite:///m.db",
+        storage_url="sqlite:///o.db", experiment_id="1", parent_run_id="r",
+        adjusted=["fitted to --epochs 5: x"], settings=["model.width=8"],
+    )  # fmt: skip
+    save_json(tmp_path / "sweep.json", state.model_dump())
+    back = SweepState.model_validate(load_json(tmp_path / "sweep.json"))
+    assert back == state and _keys(back.model_dump()) == _keys(state.model_dump())
+    assert list(back.space["parameters"]) == list(space.parameters)
+    again = SearchSpace.model_validate({**back.space, "source_dir": str(tmp_path)})
+    assert _keys(again.model_dump(mode="json")) == _keys(dumped)
+    again.check()
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(back.space, sort_keys=False))
+    from_yaml = load_space(tmp_path / "space.yaml")  # a user may run the stored copy again
+    assert _keys(from_yaml.model_dump(mode="json")) == _keys(dumped)
+
+
+def test_default_space_has_a_condition_after_its_parameter() -> None:
+    # The case the round trip guards: sorted keys would put moon.alpha before moon.alpha_mode.
+    names = list(load_space("default").parameters)
+    assert names.index("moon.alpha_mode") < names.index("moon.alpha")
+    assert sorted(names).index("moon.alpha") < sorted(names).index("moon.alpha_mode")
+
+
+# -- --epochs and --set ----------------------------------------------------------------------
+
+
+def test_epochs_fit_the_default_space_and_say_so() -> None:
+    from sweep.spaces import with_epochs
+
+    fitted, notes = with_epochs(load_space("default"), 5)
+    assert fitted.epochs == 5 and notes
+    assert all(n.split(":")[0] in ("moon.warmup_epochs", "voting.epochs") for n in notes)
+    for arm, overrides in fitted.baselines.items():  # every arm and corner makes a config
+        cfg = fitted.trial_config({}, 0, overrides)
+        assert cfg.moon.warmup_epochs < 5 and cfg.voting.epochs <= 5, arm
+    for name in ("moon.warmup_epochs", "voting.epochs"):
+        param = fitted.parameters.get(name)
+        assert param is None or param.high <= 5
+    with pytest.raises(ConfigError, match=r"the smallest it allows is --epochs 2"):
+        with_epochs(load_space("default"), 1)
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("model.widht=3", "--set model.widht: unknown setting"),
+        ("model.width=abc", "--set model.width=abc: invalid config: model.width"),
+        ("model.width=0", "model.width"),
+        ("model.name=foo", "model.name: 'foo' is not allowed; available: cnn, mlp, resnet18"),
+        ("sparsity.density=0.1", "the space searches this setting (parameters.sparsity.density)"),
+        ("moon.enabled=false", "baseline moon_auto sets its own value"),
+        ("epochs=3", "--epochs 3"),
+        ("seed=4", "seeds"),
+        ("model", "expected key=value"),
+    ],
+)
+def test_bad_fixed_settings_name_what_is_wrong(item: str, needle: str) -> None:
+    from sweep.spaces import with_settings
+
+    with pytest.raises(ConfigError) as err:
+        with_settings(load_space("default"), [item])
+    assert needle in str(err.value)
+
+
+def test_fixed_settings_reach_every_trial_and_baseline() -> None:
+    from sweep.spaces import with_settings
+
+    space = with_settings(load_space("default"), ["model.width=16", "data.split_seed=7"])
+    assert space.set["model.width"] == 16
+    assert list(space.set)[-2:] == ["model.width", "data.split_seed"]
+    for overrides in [{}, *space.baselines.values()]:
+        cfg = space.trial_config({"sparsity.density": 0.3}, 1, overrides)
+        assert (cfg.model.width, cfg.data.split_seed, cfg.seed) == (16, 7, 1)
+    assert load_space("default").trial_config({}, 0).model.width == 256  # the shipped one

@@ -338,3 +338,23 @@ def test_early_stopping_after_the_mask_freezes(tmp_path: Path) -> None:
     assert {row["optuna"] for row in leaders(sweep_state)} == front
     # Selection reads MLflow's finished runs: the same front, no stopped trial.
     assert {row["optuna"] for row in select(sweep_state).pareto} == front
+
+
+def test_internal_error_is_one_line_and_a_crash_report_in_the_sweep_folder(nan_sweep) -> None:
+    workdir, _ = nan_sweep
+    proc = moonsweep(
+        "status", "t", "--workdir", str(workdir), env={"MOONSWEEP_FAILPOINT": "crash@0"}
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    [line] = proc.stderr.strip().splitlines()
+    report = Path(line.rsplit(" ", 1)[1])
+    assert line.startswith("error: internal error (RuntimeError: ")
+    assert report.parent == (workdir / "t").resolve() and report.is_file()
+    text = report.read_text()
+    assert text.startswith("command: moonsweep status t --workdir")
+    assert "Traceback (most recent call last)" in text
+    assert 'raise RuntimeError("simulated internal error' in text
+    report.unlink()  # the other tests read this sweep's folder
+    # The same command without the failpoint still works: nothing was left broken.
+    assert moonsweep("status", "t", "--workdir", str(workdir)).returncode == 0
