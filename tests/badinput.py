@@ -66,12 +66,21 @@ def config_overrides(draw: Any) -> list[str]:
     return draw(st.lists(item, min_size=1, max_size=4))
 
 
+def shipped_default() -> dict[str, Any]:
+    """The shipped default space as its YAML holds it (conditions, baselines, constraints)."""
+    from sweep.spaces import SPACE_DIR
+
+    return yaml.safe_load((SPACE_DIR / "default.yaml").read_text())
+
+
 @st.composite
 def space_texts(draw: Any) -> str:
-    """A valid space with one to three entries replaced, removed or added; or any text."""
+    """A valid space (the small test one, or the shipped default) with one to three entries
+    replaced, removed or added; or any text."""
     if draw(st.integers(0, 4)) == 0:
         return draw(yaml_text)
-    space = yaml.safe_load(yaml.safe_dump(SPACE))
+    base = SPACE if draw(st.booleans()) else shipped_default()
+    space = yaml.safe_load(yaml.safe_dump(base))
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(_paths(space)))
         parent = space
@@ -112,7 +121,8 @@ def cli_argvs(draw: Any) -> list[str]:
     bad = draw(
         st.sampled_from(
             ["trials", "epochs", "concurrent", "cpus", "gpus", "name", "space", "option",
-             "tracking", "storage", "set", "config", "resume", "status", "replay", "extra"]
+             "tracking", "storage", "set", "config", "resume", "status", "replay", "extra",
+             "run_set", "few_epochs"]
         )
     )  # fmt: skip
     junk = st.text(max_size=10)
@@ -156,6 +166,23 @@ def cli_argvs(draw: Any) -> list[str]:
             "--storage",
             "zz" + draw(st.text(string.ascii_lowercase, max_size=6)) + "://x/y",
         ]
+    if bad == "run_set":  # on the shipped default space: a made-up key, a bad value, ...
+        item = draw(
+            st.one_of(
+                st.text(string.ascii_lowercase + "._", min_size=1, max_size=12).map(
+                    lambda k: f"zz{k}=1"
+                ),
+                st.tuples(  # "x...": never a number, a bool or a registered name
+                    st.sampled_from(["model.width", "batch_size", "optim.lr", "data.suite"]),
+                    st.text(string.ascii_letters + string.digits + " ,", max_size=8),
+                ).map(lambda kv: f"{kv[0]}=x{kv[1]}"),
+                st.sampled_from(["sparsity.density=0.1", "moon.enabled=false", "seed=1",
+                                 "epochs=3", "model", "=1"]),
+            )
+        )  # fmt: skip
+        return ["run", "--space", "default", "--set", item]
+    if bad == "few_epochs":  # fewer than the default space's warm-up and voting allow
+        return ["run", "--space", "default", "--epochs", "1"]
     if bad == "set":
         return ["train", "--set", "zz_" + draw(st.text(string.ascii_lowercase, max_size=8)) + "=1"]
     if bad == "config":
