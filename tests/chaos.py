@@ -229,6 +229,7 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
         "runs": len(runs),
         "expected": expected,
         "finished_runs": sum(s == "FINISHED" for s in status.values()),
+        "running_runs": sum(s == "RUNNING" for s in status.values()),
         "lost": len(lost),
         "run_twice": len(twice),
         "duplicate_runs": sum(n - 1 for n in per_trial.values()) + max(0, len(runs) - expected),
@@ -304,3 +305,73 @@ def kill_resume_chain(root: Path, trials: int = 4, timeout: float = 300) -> dict
         "final": final,
         "audit": audit(workdir, "k", seen, expected=trials + 1),
     }
+
+
+# -- the shipped default space ---------------------------------------------------------------
+
+# The issue's user: the default space as shipped, cut only by the command line.
+DEFAULT_RUN = ["--space", "default", "--trials", "6", "--epochs", "12"]
+
+
+def interrupt_and_resume(
+    root: Path,
+    args: list[str] | None = None,
+    sig: int = signal.SIGKILL,
+    after: float | None = None,
+    timeout: float = 900,
+) -> dict[str, Any]:
+    """One sweep of the shipped default space (or `args`), its whole process group sent
+    `sig` (SIGKILL: a crash; SIGINT: Ctrl-C in a terminal), then resumed twice (to its end,
+    then once more: "already finished").
+
+    `after` seconds from the start, or (None) as soon as a first trial has finished. Returns
+    whether the signal landed mid-run, the driver's exit code, both resumes and the audit.
+    """
+    args = [*(args or DEFAULT_RUN)]
+    workdir, log = root / "w", root / "driver.log"
+    started = time.monotonic()
+    driver = start_driver("run", *args, "--workdir", workdir, "--name", "k", log=log)
+    try:
+        if after is None:
+            wait_until(
+                lambda: driver.poll() is not None or finished_trials(workdir, "k"),
+                timeout,
+                "a finished trial",
+            )
+        else:
+            while time.monotonic() - started < after and driver.poll() is None:
+                time.sleep(0.2)
+        mid_run = driver.poll() is None
+        signalled_at = time.monotonic() - started
+        if mid_run:
+            os.killpg(driver.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                driver.wait(120)  # Ctrl-C: the driver saves its state and exits 130
+        before = finished_trials(workdir, "k") if (workdir / "k" / "sweep.json").exists() else {}
+    finally:
+        stop_group(driver)
+    exit_code = driver.returncode
+    status = state_of(workdir, "k")["status"] if (workdir / "k" / "sweep.json").exists() else None
+    spec = expected_trials(args)
+    resume = run_cli("resume", "k", "--workdir", workdir, timeout=timeout)
+    again = run_cli("resume", "k", "--workdir", workdir, timeout=timeout)
+    return {
+        "workdir": workdir,
+        "mid_run": mid_run,
+        "signalled_at": signalled_at,
+        "exit": exit_code,
+        "status_after_signal": status,
+        "finished_before": len(before),
+        "resume": resume,
+        "again": again,
+        "audit": audit(workdir, "k", before, expected=spec),
+    }
+
+
+def expected_trials(args: list[str]) -> int:
+    """Trials a `run` command line gives: `--trials` (or the space's) plus its baselines."""
+    from sweep.spaces import load_space
+
+    space = load_space(args[args.index("--space") + 1] if "--space" in args else "default")
+    trials = int(args[args.index("--trials") + 1]) if "--trials" in args else space.budget.trials
+    return trials + len(space.baselines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import optuna
@@ -20,6 +21,7 @@ from chaos import (
     audit,
     child_runs,
     failpoint,
+    interrupt_and_resume,
     kill_resume_chain,
     optuna_trials,
     ray_dir,
@@ -93,6 +95,30 @@ def test_driver_sigkilled_three_times_then_resumed(tmp_path: Path) -> None:
     assert _last_checkpoint(workdir, "k", stalled) == f"checkpoint_{EPOCHS - 1:06d}"
     # The temporary file of the interrupted write never reached Ray's storage.
     assert not list((workdir / "k").rglob("*.tmp"))
+
+
+def test_default_space_ctrl_c_of_the_process_group_then_resumed(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal (SIGINT to the whole process group) on the shipped default space,
+    cut by the command line, once a first trial has finished; resumed to its end."""
+    args = ["--space", "default", "--trials", "2", "--epochs", "5", "--set", "model.width=64"]
+    chain = interrupt_and_resume(tmp_path, args, sig=signal.SIGINT)
+    assert chain["mid_run"] and chain["finished_before"] >= 1
+    assert chain["exit"] == 130 and chain["status_after_signal"] == "interrupted"
+    assert chain["resume"].returncode == 0, chain["resume"].stderr[-3000:]
+    assert chain["again"].returncode == 0 and "already finished" in chain["again"].stderr
+    report = chain["audit"]
+    assert report == {
+        **report,
+        "status": "finished",
+        "runs": 5,
+        "finished_runs": 5,
+        "lost": 0,
+        "run_twice": 0,
+        "duplicate_runs": 0,
+        "stale_optuna": 0,
+        "optuna_mismatch": 0,
+        "spooled": 0,
+    }
 
 
 def test_oom_is_retried_then_recorded_in_every_store(tmp_path: Path) -> None:
