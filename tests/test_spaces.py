@@ -10,8 +10,8 @@ import pytest
 from ray.tune.search import Searcher
 
 from engine.config import ConfigError
-from sweep.search import SEARCH_ARM, SweepSearcher
-from sweep.spaces import load_space
+from sweep.search import SweepSearcher
+from sweep.spaces import SEARCH_ARM, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
