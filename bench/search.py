@@ -16,7 +16,7 @@ the three baselines (the same in every arm, so left out of the budget). The budg
 in training epochs (per seed) of the searched trials, in the order Optuna numbered them;
 a stopped trial counts the epochs it trained. The hypervolume after a budget is that of the
 feasible trials within it that ran to the end (early-stopped ones are COMPLETE in Optuna, with
-mid-training figures, and left out: `sweep.search.ran_to_end`; Optuna's
+mid-training figures, and left out: `sweep.state.ran_to_end`; Optuna's
 `plot_hypervolume_history` values), with one
 reference point for every sweep: the nadir of all their complete feasible trials (per
 objective the worst value; see `sweep/hypervolume.py`).
@@ -82,8 +82,8 @@ def arm_space(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def run_sweep(workdir: Path, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from sweep.orchestrator import SweepOptions, load_state, start_sweep
-    from sweep.status import trial_rows
+    from sweep.orchestrator import SweepOptions, start_sweep
+    from sweep.state import load_state, trial_rows
 
     name = f"{arm.replace('+', '-')}-r{seed}"
     space_file = workdir / f"{name}.yaml"
@@ -193,7 +193,8 @@ def main() -> None:
         "--table-from", type=Path, default=None, help="print the table of a saved --json run"
     )
     args = parser.parse_args()
-    from sweep.orchestrator import _init_ray, quiet_libraries
+    from sweep.orchestrator import init_ray
+    from sweep.stores import quiet_libraries
 
     quiet_libraries()
     if args.table_from is not None:
@@ -204,13 +205,14 @@ def main() -> None:
     import ray
 
     from sweep.hypervolume import feasible, hypervolume_history, nadir
-    from sweep.search import make_storage, ran_to_end
+    from sweep.state import ran_to_end
+    from sweep.stores import make_storage
 
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-search-"))
     sweeps: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
-        _init_ray(None)
+        init_ray(None)
         total = args.repeats * len(ARMS)
         for seed in range(args.repeats):
             for arm in ARMS:

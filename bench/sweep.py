@@ -43,13 +43,14 @@ def main() -> None:
     import ray
     from ray.tune import ExperimentAnalysis
 
-    from sweep.orchestrator import SweepOptions, _init_ray, quiet_libraries, start_sweep
+    from sweep.orchestrator import SweepOptions, init_ray, start_sweep
+    from sweep.stores import quiet_libraries
 
     quiet_libraries()
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-"))
     try:
         started = time.perf_counter()
-        _init_ray(None)
+        init_ray(None)
         ray_start = time.perf_counter() - started
         summary = start_sweep(
             SweepOptions(

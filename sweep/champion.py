@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +34,6 @@ import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import engine
@@ -43,11 +41,10 @@ import sweep
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError
 from engine.predict import Predictor
-from sweep.orchestrator import SweepState
-from sweep.selection import Selection, number
-
-# Artifact downloads here are a few small files: no progress bars on the terminal.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from sweep.selection import Selection
+from sweep.state import FINAL_DIR, SweepState
+from sweep.stats import number
+from sweep.stores import mlflow_client
 
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the logged model's name within the trial's run
@@ -96,11 +93,11 @@ def register(state: SweepState, selection: Selection, name: str, alias: str = CH
         raise ConfigError(f"model name {name!r} must be non-empty, without '/', '@' or ':'")
     row = selection.chosen
     run_id = row["mlflow_run_id"]
-    client = MlflowClient(state.tracking_uri)
+    client = mlflow_client(state.tracking_uri)
     seeds = [int(s) for s in state.space.get("seeds", [0])]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            folder = Path(client.download_artifacts(run_id, "final", tmp))
+            folder = Path(client.download_artifacts(run_id, FINAL_DIR, tmp))
             per_seed = {
                 s: json.loads((folder / f"metrics-seed{s}.json").read_text()) for s in seeds
             }

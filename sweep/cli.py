@@ -3,6 +3,8 @@
     moonsweep train                          # preset `default` on the bundled digits suite
     moonsweep train --config my.yaml --set sparsity.density=0.05 --set seed=3 --out runs/a
     moonsweep presets                        # the named presets
+    moonsweep list models                    # what can be named: models, suites, scores, ...
+    moonsweep ui NAME                        # MLflow's UI (and optuna-dashboard) for a sweep
 
 User mistakes print one `error: ...` line and exit with code 2, before anything is written.
 """
@@ -10,6 +12,7 @@ User mistakes print one `error: ...` line and exit with code 2, before anything 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +26,12 @@ from typer.core import TyperGroup
 from engine import faults
 from engine.checkpoint import save_checkpoint, save_json
 from engine.config import ConfigError, TrainConfig, load_config, preset_names
+from sweep import ui
 from sweep.crash import crash_home, write_crash_report
-from sweep.stores import mask_url
+from sweep.spaces import SEARCH_ARM
+from sweep.state import KEY_METRICS, default_workdir, load_state, trial_rows
+from sweep.status import format_table, leaders
+from sweep.stores import environment_defaults, mask_url, quiet_libraries
 
 # How commands end on purpose (an exit code, a usage error): not crashes.
 _EXITS = (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit)
@@ -39,6 +46,7 @@ class _Commands(TyperGroup):
     line and exit 2; anything unexpected is one line naming the crash report, and exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        environment_defaults()  # before any command imports Ray (it reads some on import)
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
@@ -106,6 +114,8 @@ def train(
     ] = None,
 ) -> None:
     """Train and evaluate one configuration; print the final metrics as JSON on stdout."""
+    # Lazy, like the imports of the other commands: torchmetrics, Ray, MLflow's model code
+    # and matplotlib take seconds, which `moonsweep --help` and `status` should not wait.
     from engine.train import TrainingDiverged
     from engine.train import train as run_training
 
@@ -172,7 +182,7 @@ def run(
     A quick look at the default space: moonsweep run --trials 4 --epochs 5 --set model.width=64
     """
     _crash_reports_to(workdir, name)
-    from sweep.orchestrator import SweepOptions, start_sweep
+    from sweep.orchestrator import SweepOptions, start_sweep  # lazy: loads Ray (seconds)
 
     opts = SweepOptions(
         space=space,
@@ -200,7 +210,7 @@ def resume(
 ) -> None:
     """Continue an interrupted sweep: same searcher, study and MLflow runs."""
     _crash_reports_to(workdir, name)
-    from sweep.orchestrator import resume_sweep
+    from sweep.orchestrator import resume_sweep  # lazy: loads Ray (seconds)
 
     summary = resume_sweep(name, workdir)
     _print_summary(summary, workdir)
@@ -214,9 +224,6 @@ def status(
 ) -> None:
     """A table of the sweep's trials: state, arm, key params and metrics, linked ids."""
     _crash_reports_to(workdir, name)
-    from sweep.orchestrator import load_state, quiet_libraries
-    from sweep.status import KEY_METRICS, format_table, trial_rows
-
     quiet_libraries()
     state, folder = load_state(name, workdir)
     rows = trial_rows(state)
@@ -246,8 +253,7 @@ def replay(
 ) -> None:
     """Re-train one trial with the engine alone (no Ray) and compare with the record."""
     _crash_reports_to(workdir, name)
-    from sweep.orchestrator import load_state, quiet_libraries
-    from sweep.replay import replay as replay_trial
+    from sweep.replay import replay as replay_trial  # lazy: the engine's training (seconds)
 
     quiet_libraries()
     state, _ = load_state(name, workdir)
@@ -263,9 +269,6 @@ def replay(
 
 
 def _print_summary(summary: dict, workdir: str | None) -> None:
-    from sweep.orchestrator import load_state
-    from sweep.status import format_table, leaders, trial_rows
-
     name = summary["name"]
     state, folder = load_state(name, workdir)
     if summary["status"] != "finished":
@@ -286,7 +289,7 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
     if state.tracking_uri.startswith("sqlite"):
         typer.echo(f"  browse  mlflow ui --backend-store-uri {state.tracking_uri} --host 127.0.0.1")
     typer.echo("\nbaselines:")
-    base = [r for r in rows if r["arm"] != "search"]
+    base = [r for r in rows if r["arm"] != SEARCH_ARM]
     typer.echo(format_table(base, ["arm", "state", *objectives, "density", "mlflow_run_id"]))
     lead = leaders(state)
     typer.echo("\nleading trials (Pareto front over the objectives, constraints met):")
@@ -326,13 +329,8 @@ def select(
 ) -> None:
     """Choose a model: Pareto front, constraints, preferred metric (validation figures only)."""
     _crash_reports_to(workdir, name)
-    import os
-
-    # Confirmation reads each trial's trial.json: no download progress bars in the output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from sweep.orchestrator import load_state, quiet_libraries
-    from sweep.selection import select as choose
-    from sweep.status import format_table
+    from sweep.champion import register as register_model  # lazy: MLflow's model code
+    from sweep.selection import select as choose  # lazy: the engine's training (seconds)
 
     quiet_libraries()
     state, _ = load_state(name, workdir)
@@ -347,8 +345,6 @@ def select(
     )
     version = None
     if register:
-        from sweep.champion import register as register_model
-
         version = register_model(state, selection, register)
     chosen = selection.chosen
     if as_json:
@@ -395,11 +391,8 @@ def predict(
 
     Without INPUT: the test images of the model's own data suite (ID and every OOD set)."""
     _crash_reports_to(workdir)
-    import os
-
-    from engine.predict import load_inputs
-    from sweep.champion import load_predictor
-    from sweep.orchestrator import default_workdir, quiet_libraries
+    from engine.predict import load_inputs  # lazy: torchmetrics (seconds)
+    from sweep.champion import load_predictor  # lazy: MLflow's model code (seconds)
 
     quiet_libraries()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -438,8 +431,8 @@ def report(
     """An HTML report (plus PNGs) in the sweep's folder: Pareto front, arms compared over
     seeds, alpha schedules, the chosen model's calibration and ROC, importances, hypervolume."""
     _crash_reports_to(workdir, name)
-    from sweep.orchestrator import load_state, quiet_libraries
-    from sweep.report import build_report, comparison_markdown
+    from sweep.render import comparison_markdown  # lazy: matplotlib (seconds)
+    from sweep.report import build_report  # lazy: matplotlib, the engine's evaluation
 
     quiet_libraries()
     state, folder = load_state(name, workdir)
@@ -460,6 +453,41 @@ def presets() -> None:
     """List the named training presets."""
     for name in preset_names():
         typer.echo(name)
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[
+        str | None,
+        typer.Argument(help="models, suites, sparse-methods, scores, spaces or presets"),
+    ] = None,
+) -> None:
+    """List what can be named in a config or a space: models, suites, sparse methods, OOD
+    scores, search spaces, presets (read from their registries); all kinds by default."""
+    from sweep import catalog  # lazy: the registries load torchvision and scikit-learn
+
+    if kind is None:
+        for name, entries in catalog.everything().items():
+            typer.echo(f"{name}: {', '.join(entries)}")
+        return
+    for entry in catalog.names(kind):
+        typer.echo(entry)
+
+
+@app.command("ui")
+def ui_(
+    name: Annotated[str, typer.Argument(help="The sweep")],
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+    port: Annotated[int, Opt(min=1, max=65535, help="MLflow UI port")] = ui.MLFLOW_PORT,
+    dashboard_port: Annotated[
+        int, Opt(min=1, max=65535, help="optuna-dashboard port (when installed)")
+    ] = ui.DASHBOARD_PORT,
+) -> None:
+    """Browse a sweep: MLflow's UI for its runs (and optuna-dashboard for its study, when
+    installed: the optional extra `dashboard`) on 127.0.0.1, until Ctrl-C."""
+    _crash_reports_to(workdir, name)
+    state, folder = load_state(name, workdir)
+    ui.serve(state, folder, port, dashboard_port, echo=typer.echo)
 
 
 def main() -> None:

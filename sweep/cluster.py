@@ -21,6 +21,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from engine.config import ConfigError
 
 RESULTS_ENV = "MOONSWEEP_RESULTS"
@@ -73,15 +76,11 @@ def unreachable_address(address: str, timeout: float = 5.0) -> str | None:
 
 def alive_nodes() -> list[dict[str, Any]]:
     """The Ray nodes that are up (ray.init must have been called)."""
-    import ray
-
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def node_placement() -> dict[str, str]:
     """Where the calling Ray worker runs: its node id (several nodes can share an IP)."""
-    import ray
-
     return {"node_id": ray.get_runtime_context().get_node_id()}
 
 
@@ -122,9 +121,6 @@ def _sees(path: str, token: str) -> bool:
 
 def _nodes_not_seeing(results: Path, nodes: list[dict[str, Any]]) -> list[str]:
     """Nodes on which a file the driver just wrote under `results` is not there."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     try:
         results.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(8)

@@ -24,24 +24,21 @@ import time
 import traceback
 from pathlib import Path
 
+from sweep.state import default_workdir
 from sweep.stores import mask_url
 
 _home: Path | None = None
 
 
-def _default_workdir() -> Path:
-    return Path(os.environ.get("MOONSWEEP_WORKDIR", "moonsweep-runs"))
-
-
 def crash_home(workdir: str | Path | None, sweep: str | None = None) -> None:
     """Send the next crash report to the sweep's folder if it exists, else the work directory."""
     global _home
-    base = Path(workdir) if workdir else _default_workdir()
+    base = Path(workdir) if workdir else default_workdir()
     _home = base / sweep if sweep and (base / sweep).is_dir() else base
 
 
 def _candidates() -> list[Path]:
-    return [p for p in (_home, _default_workdir(), Path(tempfile.gettempdir())) if p is not None]
+    return [p for p in (_home, default_workdir(), Path(tempfile.gettempdir())) if p is not None]
 
 
 def write_crash_report(exc: BaseException, argv: list[str]) -> Path:

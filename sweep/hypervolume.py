@@ -28,6 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
@@ -61,8 +62,6 @@ def nadir(studies: Sequence[optuna.Study]) -> list[float]:
 
 def plot_history(study: optuna.Study, reference: Sequence[float]) -> Axes:
     """Optuna's hypervolume-history plot (matplotlib); the global style is left untouched."""
-    import matplotlib.pyplot as plt
-
     with warnings.catch_warnings(), plt.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.visualization.matplotlib.plot_hypervolume_history(study, list(reference))
@@ -75,8 +74,6 @@ def hypervolume_history(
 
     A failed, stopped or infeasible trial adds nothing; callers that count every trial
     carry the last value forward (see `volume_after`)."""
-    import matplotlib.pyplot as plt
-
     ax = plot_history(study, reference)
     numbers: list[int] = []
     volumes: list[float] = []

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -21,11 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
+import ray
 import yaml
 from pydantic import BaseModel, ValidationError
+from ray import tune
 
-from engine.checkpoint import load_json, save_json
+from engine.checkpoint import save_json
 from engine.config import ConfigError, config_error
+from engine.data import load_suite
 from sweep.cluster import (
     check_results_storage,
     experiment_path,
@@ -34,30 +39,25 @@ from sweep.cluster import (
     results_location,
     unreachable_address,
 )
+from sweep.progress import LiveView
+from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
 from sweep.spool import Spool
-from sweep.tracking import (
-    PARENT_TAG,
-    MlflowTracking,
+from sweep.state import PARENT_TAG, SweepState, default_workdir, load_state, sweep_dir
+from sweep.stores import (
+    check_stores,
     ensure_experiment,
+    environment_defaults,
     library_versions,
+    make_storage,
     mask_url,
-    unreachable,
+    mlflow_client,
+    quiet_libraries,
+    storage_trial_id,
 )
+from sweep.tracking import MlflowTracking
+from sweep.trial import run_trial
 
-# Quiet Ray: the live view is the progress; no per-trial CSV/JSON/TensorBoard files.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-# With a tracking server MLflow prints a "View run" URL per run: the summary names the server.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-# Save the experiment state (trials, searcher) at least every second, not every 10+ s: a
-# killed driver then leaves few trials that Ray never recorded (they start over as new ones).
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-# A tracking server that went away: our writer retries (and spools); MLflow's own retries
-# (7 by default, minutes of backoff) would only hold the writer up.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 SPOOL_DIR = "spool"
 
 
@@ -78,35 +78,6 @@ class SweepOptions(BaseModel):
     gpus_per_trial: float | None = None
 
 
-class SweepState(BaseModel):
-    """What `sweep.json` records: enough to resume and to find every result."""
-
-    name: str
-    space: dict[str, Any]
-    space_source: str
-    tracking_uri: str
-    storage_url: str
-    experiment_id: str
-    parent_run_id: str
-    address: str | None = None
-    results: str | None = None  # Ray's storage for the trials (None: the sweep's folder)
-    status: str = "running"
-    command: str = ""
-    created: str = ""
-    # Settings the command line changed to fit (e.g. warm-up clipped to `--epochs`).
-    adjusted: list[str] = []
-    # `--set` items as given (already part of `space["set"]`, which resume uses).
-    settings: list[str] = []
-
-
-def default_workdir() -> Path:
-    return Path(os.environ.get("MOONSWEEP_WORKDIR", "moonsweep-runs"))
-
-
-def sweep_dir(workdir: Path, name: str) -> Path:
-    return workdir / name
-
-
 def _check_workdir(workdir: Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -115,40 +86,6 @@ def _check_workdir(workdir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"--workdir {workdir}: cannot write there ({exc.strerror})") from None
-
-
-def check_stores(tracking_uri: str, storage_url: str) -> None:
-    """Fail before any trial starts if the tracking store or the Optuna storage is unusable.
-
-    Servers are asked first, local SQLite files (created on first use) last, so a bad URL
-    leaves no file behind.
-    """
-    down = unreachable(tracking_uri)
-    if down is not None:
-        raise ConfigError(
-            f"MLflow tracking server {mask_url(tracking_uri)} is unreachable ({down}); "
-            "start it, or pass another --tracking-uri"
-        )
-    checks = [(tracking_uri, _open_tracking), (storage_url, _open_storage)]
-    for url, check in sorted(checks, key=lambda c: c[0].startswith("sqlite")):
-        try:
-            check(url)
-        except Exception as exc:  # bad schemes, hosts and paths raise many types
-            what = "MLflow tracking URI" if check is _open_tracking else "Optuna storage"
-            first = (mask_url(str(exc)).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"{what} {mask_url(url)} cannot be used: {first[:300]}") from None
-
-
-def _open_tracking(uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(uri).search_experiments(max_results=1)
-
-
-def _open_storage(url: str) -> None:
-    from sweep.search import make_storage
-
-    make_storage(url)
 
 
 def _git_commit() -> str:
@@ -197,8 +134,6 @@ def _resolve_space(opts: SweepOptions) -> tuple[SearchSpace, list[str]]:
 def _check_data(space: SearchSpace) -> None:
     """Load the space's data once: a missing data root or too few images is one error before
     anything is written, not a ConfigError in every trial of a sweep that then "finishes"."""
-    from engine.data import load_suite
-
     try:
         load_suite(space.trial_config({}, space.seeds[0]).data)
     except ConfigError as exc:
@@ -207,6 +142,7 @@ def _check_data(space: SearchSpace) -> None:
 
 def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     """Validate everything, create the stores and the parent run, then run the sweep."""
+    environment_defaults()
     quiet_libraries()
     space, adjusted = _resolve_space(opts)
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
@@ -238,12 +174,10 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     )
     results = results_location(opts.results)
     if address:  # joining a cluster: a wrong address or no shared storage writes nothing
-        _init_ray(address)
+        init_ray(address)
         check_results_storage(results, address)
     check_stores(tracking_uri, storage_url)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = mlflow_client(tracking_uri)
     artifact_root = (
         (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
     )
@@ -286,20 +220,9 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     return _run(state, folder, restore=False)
 
 
-def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState, Path]:
-    workdir = Path(workdir) if workdir else default_workdir()
-    folder = sweep_dir(workdir, name)
-    path = folder / "sweep.json"
-    if not path.exists():
-        known = sorted(p.parent.name for p in workdir.glob("*/sweep.json"))
-        raise ConfigError(
-            f"no sweep named {name!r} in {workdir}; sweeps there: {', '.join(known) or 'none'}"
-        )
-    return SweepState.model_validate(load_json(path)), folder.resolve()
-
-
 def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]:
     """Continue an interrupted sweep with the same searcher, study and MLflow runs."""
+    environment_defaults()
     quiet_libraries()
     state, folder = load_state(name, workdir)
     if state.status == "finished":  # every trial ran and was reconciled: nothing to start
@@ -317,18 +240,10 @@ def _space_of(state: SweepState, folder: Path) -> SearchSpace:
     return SearchSpace.model_validate({**state.space, "source_dir": str(folder)})
 
 
-def quiet_libraries() -> None:
-    """Keep the terminal for the live view: library INFO logs off."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _init_ray(address: str | None) -> None:
-    import ray
-
+def init_ray(address: str | None) -> None:
+    """Start Ray on this machine (`address` None) or join the cluster at `address`;
+    ConfigError when nothing usable answers there."""
+    environment_defaults()
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {
@@ -347,8 +262,6 @@ def _init_ray(address: str | None) -> None:
             "or leave --address out for one machine"
         )
     if address.startswith("ray://"):
-        import importlib.util
-
         if importlib.util.find_spec("grpc") is None:  # what `ray[client]` adds
             raise ConfigError(
                 f"--address {address}: Ray Client needs `pip install 'ray[client]'`; "
@@ -364,14 +277,8 @@ def _init_ray(address: str | None) -> None:
 
 
 def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
-    from ray import tune
-
-    from sweep.progress import LiveView
-    from sweep.search import SweepSearcher, make_scheduler
-    from sweep.trial import run_trial
-
     space = _space_of(state, folder)
-    _init_ray(state.address)
+    init_ray(state.address)
     if restore:  # a new sweep was checked before its stores were written
         check_results_storage(state.results, state.address)
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
@@ -433,38 +340,30 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         return {"name": state.name, "status": "interrupted", "folder": str(folder)}
     cleanup = reconcile(state, {t.trial_id for t in trials})
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED")
+    mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED")
     state.status = "finished"
     save_json(folder / "sweep.json", state.model_dump())
     return {"name": state.name, "status": "finished", "folder": str(folder), **cleanup}
 
 
 def _experiment_trials(ray_dir: str) -> list[Any]:
-    from ray.tune import ExperimentAnalysis
-
     if not is_uri(ray_dir) and not Path(ray_dir).exists():
         return []
-    return list(ExperimentAnalysis(ray_dir).trials)
+    return list(tune.ExperimentAnalysis(ray_dir).trials)
 
 
 def reconcile(state: SweepState, trial_ids: set[str]) -> dict[str, int]:
     """After a (resumed) sweep ends: no stale RUNNING Optuna trials, no orphan MLflow runs."""
-    import optuna
-    from mlflow.tracking import MlflowClient
-
-    from sweep.search import make_storage
-
     storage = make_storage(state.storage_url)
     study = optuna.load_study(study_name=state.name, storage=storage)
     stale = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # Asked for by a driver that died before Ray recorded the trial: it never ran.
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned by a killed driver")
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        trial_id = storage_trial_id(trial)
+        storage.set_trial_user_attr(trial_id, "fail_reason", "orphaned by a killed driver")
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         stale += 1
-    client = MlflowClient(state.tracking_uri)
+    client = mlflow_client(state.tracking_uri)
     children = client.search_runs(
         [state.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'"
     )

@@ -27,6 +27,10 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.calibration import CalibrationDisplay  # noqa: E402
+from sklearn.metrics import RocCurveDisplay  # noqa: E402
+
+from sweep.spaces import SEARCH_ARM  # noqa: E402
 
 Row = dict[str, Any]
 METHOD_COLOURS = {"rigl": "tab:blue", "set": "tab:orange", "static": "tab:green", "dense": "k"}
@@ -64,7 +68,7 @@ def pareto_front_figure(
     front_ids = {r["mlflow_run_id"] for r in front_all}
     scatter = None
     for ax, prefix, title in ((axes[0], "val/", "validation"), (axes[1], "", "test")):
-        searched = [r for r in rows if r["arm"] == "search"]
+        searched = [r for r in rows if r["arm"] == SEARCH_ARM]
         for row in searched:
             on_front = row["mlflow_run_id"] in front_ids
             scatter = ax.scatter(
@@ -89,7 +93,7 @@ def pareto_front_figure(
             label="Pareto front (val accuracy / auroc_near)",
         )
         for row in rows:
-            if row["arm"] == "search":
+            if row["arm"] == SEARCH_ARM:
                 continue
             ax.scatter(
                 _value(row, f"{prefix}accuracy"),
@@ -135,7 +139,7 @@ def _zoom(ax: Any, rows: Sequence[Row], x_key: str, y_key: str) -> int:
     ok = np.isfinite(xs) & np.isfinite(ys)
     if ok.sum() < 4:
         return 0
-    base = np.array([r["arm"] != "search" for r in rows]) & ok
+    base = np.array([r["arm"] != SEARCH_ARM for r in rows]) & ok
     limits = []
     for values in (xs, ys):
         low = float(np.median(values[ok]))
@@ -189,7 +193,7 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
                     label="chosen",
                 )
             for row in rows:
-                if row["arm"] != "search":
+                if row["arm"] != SEARCH_ARM:
                     ax.annotate(
                         row["arm"],
                         (_value(row, "density"), _value(row, f"{prefix}{metric}")),
@@ -260,8 +264,6 @@ def alpha_schedules(
 def reliability(parts: Mapping[str, tuple[np.ndarray, np.ndarray, float]], bins: int) -> Figure:
     """Reliability diagrams: per part, (confidence, correct, ece) of the ID samples; bars
     below count the samples per confidence bin."""
-    from sklearn.calibration import CalibrationDisplay
-
     fig, axes = plt.subplots(
         2,
         len(parts),
@@ -288,8 +290,6 @@ def reliability(parts: Mapping[str, tuple[np.ndarray, np.ndarray, float]], bins:
 
 def roc_curves(parts: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
     """ROC curves ID (positive) vs each OOD set; per part {set: (labels, scores)}."""
-    from sklearn.metrics import RocCurveDisplay
-
     fig, axes = plt.subplots(
         1, len(parts), figsize=(5.5 * len(parts), 5), constrained_layout=True, squeeze=False
     )

@@ -12,6 +12,8 @@ from typing import Any
 
 from ray import tune
 
+from sweep.spaces import SEARCH_ARM
+
 
 def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str:
     """done, failed, stopped (early, by the scheduler), running or pending.
@@ -54,7 +56,7 @@ class LiveView(tune.Callback):
             outcome = trial_outcome(trial, ended=now, errored=now and errored)
             counts[outcome] = counts.get(outcome, 0) + 1
             value = (trial.last_result or {}).get(self.objective)
-            if outcome == "done" and trial.config.get("arm") == "search" and value is not None:
+            if outcome == "done" and trial.config.get("arm") == SEARCH_ARM and value is not None:
                 if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
                     best = (float(value), trial.trial_id)
         finished = counts["done"] + counts["failed"] + counts["stopped"]

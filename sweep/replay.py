@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 
 from engine.config import ConfigError, validate_config
 from engine.train import train
-from sweep.orchestrator import SweepState
-from sweep.status import trial_rows
-from sweep.trial import aggregate
+from sweep.spaces import SEARCH_ARM
+from sweep.state import SweepState, TrialRow, load_run_json, trial_rows
+from sweep.stats import aggregate
+from sweep.stores import mlflow_client
 
 
-def find_trial(state: SweepState, key: str) -> dict[str, Any]:
+def find_trial(state: SweepState, key: str) -> TrialRow:
     """A trial by Ray trial id, MLflow run id, or Optuna number (`#3` or `3`)."""
     rows = trial_rows(state)
     number = key.lstrip("#")
     for row in rows:
         if key in (row["trial"], row["mlflow_run_id"]) or (
-            number.isdigit() and row["arm"] == "search" and row["optuna"] == int(number)
+            number.isdigit() and row["arm"] == SEARCH_ARM and row["optuna"] == int(number)
         ):
             return row
     raise ConfigError(
@@ -41,9 +41,7 @@ def retrain(
     each given seed instead (same split, same settings). `on_seed(seed)` is called before
     each training. Returns each seed's final metrics, in order.
     """
-    from mlflow.tracking import MlflowClient
-
-    record = load_run_json(MlflowClient(state.tracking_uri), run_id, "trial.json")
+    record = load_run_json(mlflow_client(state.tracking_uri), run_id, "trial.json")
     configs = [validate_config(c) for c in record["configs"]]
     if seeds is not None:
         configs = [configs[0].model_copy(update={"seed": int(seed)}) for seed in seeds]
@@ -56,35 +54,9 @@ def retrain(
     return per_seed
 
 
-def replay(
-    state: SweepState, key: str
-) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+def replay(state: SweepState, key: str) -> tuple[TrialRow, dict[str, float], dict[str, float]]:
     """Returns (trial row, recorded final metrics, replayed metrics)."""
-    from mlflow.tracking import MlflowClient
-
     row = find_trial(state, key)
     replayed = aggregate(retrain(state, row["mlflow_run_id"]))
-    recorded = MlflowClient(state.tracking_uri).get_run(row["mlflow_run_id"]).data.metrics
+    recorded = mlflow_client(state.tracking_uri).get_run(row["mlflow_run_id"]).data.metrics
     return row, recorded, replayed
-
-
-def load_run_json(client: Any, run_id: str, path: str) -> dict[str, Any]:
-    """A JSON artifact of an MLflow run, e.g. `trial.json` or `final/metrics-seed0.json`."""
-    import json
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, path, tmp)
-        with open(local) as handle:
-            return json.load(handle)
-
-
-def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
-    """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(state.tracking_uri)
-    return {
-        int(seed): load_run_json(client, run_id, f"final/metrics-seed{seed}.json")
-        for seed in state.space["seeds"]
-    }

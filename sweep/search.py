@@ -11,6 +11,7 @@ TPE learns from COMPLETE trials only), and every Optuna trial tagged with its Ra
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 import optuna
@@ -18,9 +19,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep.spaces import SearchSpace
-
-SEARCH_ARM = "search"
+from sweep.spaces import SEARCH_ARM, SearchSpace
+from sweep.stores import make_storage, searcher_study, searcher_trial, storage_trial_id
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -33,39 +33,6 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     if s.name == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
     return optuna.samplers.RandomSampler(seed=s.seed)
-
-
-def ran_to_end(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of `study` in which only the trials that ran to the end are COMPLETE.
-
-    Early-stopped trials are COMPLETE for the sampler, with mid-training figures; here they
-    (and any trial not finished) are FAIL, so Optuna's Pareto front, hypervolume and
-    importances describe finished models. Trial numbers stay the same.
-
-        >>> best = ran_to_end(study).best_trials  # doctest: +SKIP
-    """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
-    copy = optuna.create_study(directions=study.directions)
-    for trial in study.get_trials(deepcopy=False):
-        ended = trial.state == optuna.trial.TrialState.COMPLETE
-        if ended and not trial.user_attrs.get("early_stopped"):
-            copy.add_trial(trial)
-            continue
-        copy.add_trial(
-            optuna.trial.create_trial(
-                state=optuna.trial.TrialState.FAIL,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=trial.user_attrs,
-                system_attrs=trial.system_attrs,
-            )
-        )
-    return copy
-
-
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 class SweepSearcher(Searcher):
@@ -86,18 +53,19 @@ class SweepSearcher(Searcher):
         self.fail_reasons: dict[str, str] = {}
         self.suggested = 0
         self.deferred: dict[str, dict] = {}  # finished trials waiting for a baseline
+        self.storage = make_storage(storage_url)
         self.optuna = OptunaSearch(
             space=space.suggest,
             metric=[o.metric for o in space.objectives],
             mode=[o.mode for o in space.objectives],
             sampler=make_sampler(space),
-            storage=make_storage(storage_url),
+            storage=self.storage,
             study_name=study_name,
         )
 
     @property
     def study(self) -> optuna.Study:
-        return self.optuna._ot_study
+        return searcher_study(self.optuna)
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict, **spec: Any
@@ -112,7 +80,7 @@ class SweepSearcher(Searcher):
         if self.suggested >= self.space.budget.trials:
             return Searcher.FINISHED
         params = self.optuna.suggest(trial_id)
-        ot_trial = self.optuna._ot_trials[trial_id]
+        ot_trial = searcher_trial(self.optuna, trial_id)
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         self.trial_arm[trial_id] = SEARCH_ARM
         self.suggested += 1
@@ -143,8 +111,8 @@ class SweepSearcher(Searcher):
                 for waiting in list(self.deferred):
                     self._tell(waiting, self.deferred.pop(waiting))
             return
-        ot_trial = self.optuna._ot_trials[trial_id]
-        if self.study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+        ot_trial = searcher_trial(self.optuna, trial_id)
+        if self.storage.get_trial(storage_trial_id(ot_trial)).state.is_finished():
             return  # told before the driver died, after its last save: tell nothing twice
         if stopped:
             # Its last report's figures (current weights, before voting) stand for the trial.
@@ -179,7 +147,7 @@ class SweepSearcher(Searcher):
         )
 
     def _tell(self, trial_id: str, result: dict) -> None:
-        ot_trial = self.optuna._ot_trials[trial_id]
+        ot_trial = searcher_trial(self.optuna, trial_id)
         for con in self.space.constraints:
             threshold = con.threshold(self.baseline_results)
             value = result.get(con.metric)
@@ -191,14 +159,10 @@ class SweepSearcher(Searcher):
         self.optuna.on_trial_complete(trial_id, result=result)
 
     def save(self, checkpoint_path: str) -> None:
-        import pickle
-
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.__dict__, handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        import pickle
-
         with open(checkpoint_path, "rb") as handle:
             self.__dict__.update(pickle.load(handle))
 

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -32,43 +31,17 @@ from typing import Any
 import numpy as np
 
 from engine.config import ConfigError
-from sweep.orchestrator import SweepState
+from sweep.constraints import OPS, Constraint
+from sweep.replay import retrain
+from sweep.spaces import SEARCH_ARM, SpaceConstraint
+from sweep.state import SweepState, seed_metrics, trial_rows
+from sweep.stats import number, paired_deltas, t_interval
+from sweep.status import format_value
 
 Row = dict[str, Any]
-OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    "<=": operator.le,
-    ">": operator.gt,
-    "<": operator.lt,
-    "==": operator.eq,
-}
 # Metrics where lower is better, by their name without prefixes (`val/`, a score's name).
 LOWER_IS_BETTER = ("ece", "nll", "brier", "fpr95", "density")
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(>=|<=|==|>|<)\s*([^\s<>=]+)\s*$")
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """`metric op value`; a row without a finite value for the metric does not meet it."""
-
-    metric: str
-    op: str
-    value: float
-
-    def holds(self, row: Row) -> bool:
-        value = number(row.get(self.metric))
-        return value is not None and OPS[self.op](value, self.value)
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}"
-
-
-def number(value: Any) -> float | None:
-    """`value` as a finite float, or None (missing, NaN, infinite, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def selectable_metrics(rows: Sequence[Row]) -> list[str]:
@@ -193,17 +166,15 @@ class Selection:
 
 def sweep_constraints(state: SweepState, baselines: Sequence[Row]) -> tuple[list[Constraint], str]:
     """The space's own constraints as fixed thresholds (a baseline's figure plus offset)."""
-    from sweep.spaces import Constraint as SpaceConstraint
-
     by_arm = {r["arm"]: r for r in baselines}
     out, missing = [], []
     for raw in state.space.get("constraints", []):
         con = SpaceConstraint.model_validate(raw)
-        threshold = con.threshold({arm: _numbers(row) for arm, row in by_arm.items()})
-        if threshold is None:
+        bound = con.bound({arm: _numbers(row) for arm, row in by_arm.items()})
+        if bound is None:
             missing.append(con.label)
         else:
-            out.append(Constraint(con.metric, con.op, threshold))
+            out.append(bound)
     note = f"; skipped (baseline not finished): {', '.join(missing)}" if missing else ""
     return out, note
 
@@ -238,13 +209,11 @@ def select(
 
     Raises ConfigError for a bad constraint, an unknown metric or nothing to choose from.
     """
-    from sweep.status import trial_rows
-
     if confirm_seeds < 0:
         raise ConfigError(f"--confirm-seeds must be 0 or more, got {confirm_seeds}")
     rows = [r for r in trial_rows(state, all_metrics=True) if r["state"] == "done"]
-    searched = [r for r in rows if r["arm"] == "search"]
-    baselines = [r for r in rows if r["arm"] != "search"]
+    searched = [r for r in rows if r["arm"] == SEARCH_ARM]
+    baselines = [r for r in rows if r["arm"] != SEARCH_ARM]
     objectives = [(o["metric"], o["direction"]) for o in state.space["objectives"]]
     metrics = selectable_metrics(rows)
     parsed = [parse_constraint(expr, metrics) for expr in constraints]
@@ -289,7 +258,7 @@ def select(
     if confirm_seeds:
         _confirm(state, selection, confirm_seeds, confirm_top, on_progress)
     else:
-        best = _fmt(ranked[0].get(prefer_metric))
+        best = format_value(number(ranked[0].get(prefer_metric)))
         reasons.append(
             f"chosen: trial {_label(ranked[0])}, best {prefer_metric} ({direction}) among the "
             f"candidates: {best}"
@@ -321,11 +290,6 @@ def _label(row: Row) -> str:
     return f"{row['trial']}{number_text}, run {row['mlflow_run_id']}"
 
 
-def _fmt(value: Any) -> str:
-    value = number(value)
-    return "-" if value is None else f"{value:.4g}"
-
-
 def _against_baselines(selection: Selection, row: Row, figures: dict[str, float]) -> list[str]:
     """One line per baseline: the chosen trial's figures minus the baseline's."""
     shown = list(dict.fromkeys([selection.prefer, *(m for m, _ in selection.objectives)]))
@@ -351,8 +315,6 @@ def _confirm(
     on_progress: ProgressFn | None,
 ) -> None:
     """Re-train the top candidates and the baselines on the same new seeds, then re-rank."""
-    from sweep.replay import retrain
-
     first = max(int(s) for s in state.space.get("seeds", [0])) + 1
     seeds = list(range(first, first + n_seeds))
     arms = selection.candidates[: max(1, top)] + selection.baselines
@@ -384,11 +346,14 @@ def _confirm(
         f"confirmed on seeds {', '.join(map(str, seeds))} (the same for the top "
         f"{len(top_rows)} candidates and the {len(selection.baselines)} baselines); means "
         f"over recorded and new seeds: "
-        + "; ".join(f"{by_id[i]['trial']} {metric} {_fmt(means[i].get(metric))}" for i in order)
+        + "; ".join(
+            f"{by_id[i]['trial']} {metric} {format_value(number(means[i].get(metric)))}"
+            for i in order
+        )
     )
     selection.reasons.append(
         f"chosen: trial {_label(selection.chosen)}, best {metric} ({direction}) over the "
-        f"recorded and the confirmation seeds: {_fmt(chosen_means.get(metric))}"
+        f"recorded and the confirmation seeds: {format_value(number(chosen_means.get(metric)))}"
     )
     selection.reasons += _against_baselines(selection, selection.chosen, chosen_means)
     selection.reasons += _paired(state, selection, selection.chosen)
@@ -397,9 +362,6 @@ def _confirm(
 def _paired(state: SweepState, selection: Selection, row: Row) -> list[str]:
     """Per baseline: the chosen trial minus the baseline on each shared seed (the recorded
     seeds and the confirmation seeds), its mean and 95% t-interval, and the wins."""
-    from sweep.replay import seed_metrics
-    from sweep.report import t_interval
-
     metric, maximize = selection.prefer, selection.direction == "maximize"
 
     def per_seed(r: Row) -> dict[int, dict[str, float]]:
@@ -410,13 +372,7 @@ def _paired(state: SweepState, selection: Selection, row: Row) -> list[str]:
     mine = per_seed(row)
     lines = []
     for base in selection.baselines:
-        theirs = per_seed(base)
-        seeds = [
-            s
-            for s in sorted(set(mine) & set(theirs))
-            if number(mine[s].get(metric)) is not None and number(theirs[s].get(metric)) is not None
-        ]
-        deltas = [mine[s][metric] - theirs[s][metric] for s in seeds]
+        seeds, deltas = paired_deltas(mine, per_seed(base), metric)
         if not deltas:
             continue
         interval = t_interval(deltas)

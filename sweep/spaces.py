@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ from engine.config import (
     resolve_source,
     validate_config,
 )
+from sweep.constraints import Constraint
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -45,7 +45,8 @@ DEFAULT_BASELINES: dict[str, dict[str, Any]] = {
     "dense": {"sparsity.method": "dense", "moon.enabled": False},
 }
 
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+# The arm of the trials Optuna suggests (the others are the baselines, by name).
+SEARCH_ARM = "search"
 
 
 class _Strict(BaseModel):
@@ -88,7 +89,7 @@ class Objective(_Strict):
         return "max" if self.direction == "maximize" else "min"
 
 
-class Constraint(_Strict):
+class SpaceConstraint(_Strict):
     """`metric op value`, or `metric op <baseline's metric> + offset`."""
 
     metric: str
@@ -98,7 +99,7 @@ class Constraint(_Strict):
     offset: float = 0.0
 
     @model_validator(mode="after")
-    def _one_reference(self) -> Constraint:
+    def _one_reference(self) -> SpaceConstraint:
         if (self.value is None) == (self.baseline is None):
             raise ValueError("give exactly one of 'value' or 'baseline'")
         return self
@@ -113,6 +114,11 @@ class Constraint(_Strict):
             return self.value
         ref = baselines.get(self.baseline or "", {}).get(self.metric)
         return None if ref is None else ref + self.offset
+
+    def bound(self, baselines: dict[str, dict[str, float]]) -> Constraint | None:
+        """As a fixed `Constraint` (None while its baseline's figure is unknown)."""
+        threshold = self.threshold(baselines)
+        return None if threshold is None else Constraint(self.metric, self.op, threshold)
 
     def violation(self, value: float, threshold: float) -> float:
         """Optuna's convention: <= 0 is feasible."""
@@ -165,7 +171,7 @@ class SearchSpace(_Strict):
     set: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Parameter]
     objectives: list[Objective] = Field(min_length=1)
-    constraints: list[Constraint] = Field(default_factory=list)
+    constraints: list[SpaceConstraint] = Field(default_factory=list)
     sampler: Sampler = Field(default_factory=Sampler)
     baselines: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_BASELINES))
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -220,6 +226,13 @@ class SearchSpace(_Strict):
         items = {**params, **(extra or {}), "seed": seed}
         apply_overrides(data, [f"{k}={format_value(v)}" for k, v in items.items()])
         return validate_config(data)
+
+    def arm_configs(self, config: dict[str, Any]) -> list[TrainConfig]:
+        """The resolved training config of each seed of a trial (`config` as the searcher
+        suggests it: its `arm`, and the searched `params` of a SEARCH_ARM trial)."""
+        arm = config["arm"]
+        extra = self.baselines.get(arm, {}) if arm != SEARCH_ARM else {}
+        return [self.trial_config(config.get("params", {}), seed, extra) for seed in self.seeds]
 
     @property
     def epochs(self) -> int:

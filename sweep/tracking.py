@@ -11,17 +11,11 @@ up, and `resume` sends what a killed driver left.
 from __future__ import annotations
 
 import atexit
-import base64
 import logging
 import os
 import queue
-import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +23,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from sweep.spaces import SearchSpace
+from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.spool import Spool
-from sweep.stores import mask_url
-from sweep.trial import FINAL_DIR, trial_configs
+from sweep.state import FINAL_DIR, PARENT_TAG
+from sweep.stores import library_versions, mask_url, mlflow_client, unreachable
 
-PARENT_TAG = "mlflow.parentRunId"
 # Per-epoch metrics are sent at most this often (one batched call per run), so the driver
 # spends its time scheduling rather than committing small SQLite transactions.
 FLUSH_SECONDS = 5.0
@@ -48,53 +41,6 @@ NOTE_KEYS = ("checkpoint_fallback", "retried")
 # Where a trial ran (its latest report): Ray's node id (nodes may share an IP), host, IP.
 PLACEMENT_KEYS = ("node_id", "hostname", "node_ip")
 logger = logging.getLogger("moonsweep.tracking")
-LIBRARIES = (
-    "moonsweep",
-    "torch",
-    "torchvision",
-    "ray",
-    "optuna",
-    "mlflow",
-    "scikit-learn",
-    "numpy",
-)
-
-
-def unreachable(tracking_uri: str, timeout: float = 5.0) -> str | None:
-    """Why an http(s) tracking server does not answer (None if it does, or is a database).
-
-    Asks the REST API for one experiment: any answer but a refusal or an error status
-    means the server is there.
-    """
-    if not tracking_uri.startswith(("http://", "https://")):
-        return None
-    parts = urllib.parse.urlsplit(tracking_uri.rstrip("/"))
-    # urllib does not take credentials from the URL: send them as MLflow's client would.
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    url = parts._replace(netloc=netloc).geturl() + "/api/2.0/mlflow/experiments/search"
-    request = urllib.request.Request(url + "?max_results=1")
-    if parts.username is not None:
-        user, password = parts.username, parts.password or ""
-        token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
-        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return None
-    except urllib.error.HTTPError as exc:
-        return f"it answered HTTP {exc.code} {exc.reason}"
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return mask_url(str(reason))
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,13 +76,6 @@ _RAY_KEYS = {
 
 def _loggable(key: str) -> bool:
     return key not in _RAY_KEYS and not key.startswith("config/")
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root)
 
 
 class MlflowTracking(tune.Callback):
@@ -194,7 +133,7 @@ class MlflowTracking(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     # -- the writer thread ------------------------------------------------------------------
@@ -327,7 +266,7 @@ class MlflowTracking(tune.Callback):
         return run_id
 
     def _create(self, trial_id: str, config: dict[str, Any]) -> str:
-        arm = config.get("arm", "search")
+        arm = config.get("arm", SEARCH_ARM)
         tags = {
             PARENT_TAG: self.parent_run_id,
             "ray.trial_id": trial_id,
@@ -337,7 +276,7 @@ class MlflowTracking(tune.Callback):
         }
         run = self.client.create_run(self.experiment_id, run_name=f"{arm}-{trial_id}", tags=tags)
         run_id = run.info.run_id
-        configs = trial_configs(self.space, config)
+        configs = self.space.arm_configs(config)
         params = flatten(configs[0].model_dump(mode="json"))
         params["seed"] = ",".join(str(c.seed) for c in configs)
         params.update({f"searched.{k}": v for k, v in config.get("params", {}).items()})

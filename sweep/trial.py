@@ -23,52 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ray import tune
 
 from engine import faults
 from engine.checkpoint import load_json, load_newest, save_checkpoint, save_json
-from engine.config import TrainConfig
 from engine.data import load_suite
 from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import node_placement
-from sweep.search import SEARCH_ARM
-from sweep.spaces import SearchSpace
+from sweep.spaces import SEARCH_ARM, SearchSpace
+from sweep.state import FINAL_DIR
+from sweep.stats import aggregate
 
-# Metrics whose spread over seeds is reported too (`std/<name>`): the headline figures.
-HEADLINE = (
-    "accuracy",
-    "known_accuracy",
-    "ece",
-    "nll",
-    "brier",
-    "auroc_near",
-    "auroc_far",
-    "fpr95_near",
-    "fpr95_far",
-)
 STATE_FILE = "state.pt"
-FINAL_DIR = "final"
-
-
-def trial_configs(space: SearchSpace, config: dict[str, Any]) -> list[TrainConfig]:
-    """The resolved training config of each seed of a trial (arm + searched params)."""
-    arm = config["arm"]
-    extra = space.baselines.get(arm, {}) if arm != "search" else {}
-    return [space.trial_config(config.get("params", {}), seed, extra) for seed in space.seeds]
-
-
-def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over seeds of every metric, plus `std/<name>` for the headline ones."""
-    names = per_seed[0].keys()
-    out = {name: float(np.mean([m[name] for m in per_seed])) for name in names}
-    if len(per_seed) > 1:
-        for name in names:
-            base = name.removeprefix("val/")
-            if base in HEADLINE:
-                out[f"std/{name}"] = float(np.std([m[name] for m in per_seed], ddof=1))
-    return out
 
 
 def _cap_gpu_memory(fraction: float) -> None:
@@ -103,7 +70,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
     _cap_gpu_memory(space.resources.gpu)
     retried: list[str] = []
     try:
-        cfgs = trial_configs(space, config)
+        cfgs = space.arm_configs(config)
         suite = load_suite(cfgs[0].data)  # one copy shared by every seed
         states: list[dict] | None = None
         note = ""

@@ -49,7 +49,7 @@ def test_leaders_are_chosen_among_trials_that_ran_to_the_end(tmp_path) -> None:
     (mid-training) figures dominate, and it hides no finished trial from the front."""
     import optuna
 
-    from sweep.orchestrator import SweepState
+    from sweep.state import SweepState
     from sweep.status import leaders
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -16,11 +16,12 @@ from PIL import Image
 from runner import SMALL_SET, moonsweep
 from scipy import stats
 
+from sweep.gather import TABLE_METRICS
 from sweep.hypervolume import hypervolume_history, nadir, volume_after
-from sweep.orchestrator import load_state
-from sweep.replay import load_run_json
-from sweep.report import TABLE_METRICS, comparison_markdown, t_interval
-from sweep.search import make_storage
+from sweep.render import comparison_markdown
+from sweep.state import load_run_json, load_state
+from sweep.stats import t_interval
+from sweep.stores import make_storage
 
 pytestmark = pytest.mark.slow
 

@@ -20,16 +20,15 @@ from engine.predict import Predictor, load_inputs, tpr_threshold
 from engine.train import train
 from sweep.champion import CHAMPION, load_predictor, model_uri, register
 from sweep.cli import app
-from sweep.orchestrator import load_state
+from sweep.constraints import Constraint
 from sweep.selection import (
-    Constraint,
     direction_of,
     pareto_front,
     parse_constraint,
     select,
     selectable_metrics,
 )
-from sweep.status import trial_rows
+from sweep.state import load_state, trial_rows
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 from ray.tune.search import Searcher
 
 from engine.config import ConfigError
-from sweep.search import SEARCH_ARM, SweepSearcher
-from sweep.spaces import load_space
+from sweep.search import SweepSearcher
+from sweep.spaces import SEARCH_ARM, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -205,7 +205,7 @@ def test_stored_space_round_trips_in_order(label: str, space, tmp_path: Path) ->
     import yaml
 
     from engine.checkpoint import load_json, save_json
-    from sweep.orchestrator import SweepState
+    from sweep.state import SweepState
     from sweep.spaces import SearchSpace
 
     dumped = space.model_dump(mode="json")

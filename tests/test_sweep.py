@@ -330,8 +330,8 @@ def test_early_stopping_after_the_mask_freezes(tmp_path: Path) -> None:
             for o in ended
         )
     }
-    from sweep.orchestrator import load_state
     from sweep.selection import select
+    from sweep.state import load_state
     from sweep.status import leaders
 
     sweep_state, _ = load_state("a", workdir)

@@ -1,0 +1,297 @@
+"""What a sweep's report shows, gathered from its stores (no Ray) and from the chosen model.
+
+`gather(state)` reads the trials (MLflow), chooses a model (`sweep.selection.select`),
+compares the arms "auto-tuned MOON / best searched / no MOON / dense" seed by seed
+(`sweep.stats`), reads MOON's alpha per epoch, Optuna's importances, and re-evaluates the
+chosen model's checkpoint with the engine's own evaluation (`engine.evaluate.evaluate`) plus
+its per-sample outputs for the reliability diagram and the ROC curves. `sweep.render` turns
+the result into figures and HTML.
+
+Example:
+    >>> from sweep.gather import gather  # doctest: +SKIP
+    >>> gathered = gather(state)  # doctest: +SKIP
+    >>> gathered.table["test"]["dense"]["accuracy"]  # doctest: +SKIP
+    {'mean': 0.91, 'low': 0.89, 'high': 0.93, 'n': 2}
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.study import StudyDirection
+
+from engine.checkpoint import load_checkpoint
+from engine.config import ConfigError, TrainConfig, validate_config
+from engine.data import load_suite
+from engine.evaluate import evaluate, score_inputs
+from engine.predict import Predictor
+from engine.scores import compute_score, mean_probs
+from sweep.selection import Selection, select
+from sweep.spaces import SEARCH_ARM
+from sweep.state import (
+    FINAL_DIR,
+    SweepState,
+    TrialRow,
+    finished_study,
+    seed_metrics,
+    trial_rows,
+)
+from sweep.stats import Interval, arm_table
+from sweep.stores import mlflow_client
+
+Row = Mapping[str, Any]
+Progress = Callable[[str], None]
+# The comparison table's figures, as the engine names them on the test parts.
+TABLE_METRICS = ("accuracy", "auroc_near", "auroc_far", "ece", "fpr95_near")
+# (key, label) of the compared arms: baselines by arm name, "chosen" the selected trial.
+ARMS = (
+    ("moon_auto", "auto-tuned MOON"),
+    ("chosen", "best searched"),
+    ("no_moon", "no MOON"),
+    ("dense", "dense"),
+)
+PARTS = (("test", ""), ("val", "val/"))  # (part, the prefix of its metric names)
+
+
+@dataclass
+class Outputs:
+    """One part (val or test) of the chosen model's outputs on the suite, re-evaluated."""
+
+    confidence: np.ndarray  # max probability over all outputs, ID samples
+    correct: np.ndarray  # argmax over all outputs equals the label
+    ece: float
+    roc: dict[str, tuple[np.ndarray, np.ndarray]]  # OOD set -> (labels, scores), ID = 1
+    auroc: dict[str, float]
+
+
+@dataclass
+class Reevaluation:
+    """The chosen model's checkpoint of one seed, evaluated again."""
+
+    seed: int
+    config: TrainConfig
+    parts: dict[str, Outputs]  # "val", "test"
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "ece": {p: o.ece for p, o in self.parts.items()},
+            "accuracy": {p: float(o.correct.mean()) for p, o in self.parts.items()},
+            "auroc": {p: o.auroc for p, o in self.parts.items()},
+        }
+
+
+@dataclass
+class Gathered:
+    """Everything the report shows, as numbers and rows."""
+
+    state: SweepState
+    all_rows: list[TrialRow]
+    rows: list[TrialRow]  # the finished trials
+    selection: Selection | None
+    notes: list[str]  # why the choice was made without the space's constraints, or not at all
+    arm_rows: dict[str, TrialRow | None]  # ARMS key -> its trial
+    table: dict[str, dict[str, dict[str, Any]]]  # part -> arm -> metric -> interval
+    deltas: dict[str, dict[str, dict[str, Any]]]  # part -> arm -> metric -> paired interval
+    alpha: dict[str, list[tuple[int, float]]]  # row_label -> (epoch, alpha)
+    reevaluated: Reevaluation | None
+    study: optuna.Study | None  # trials that ran to the end only
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)
+    no_importances: str = ""  # why there are none
+
+    @property
+    def chosen(self) -> TrialRow | None:
+        return self.selection.chosen if self.selection is not None else None
+
+    @property
+    def reasons(self) -> list[str]:
+        return (self.selection.reasons if self.selection is not None else []) + self.notes
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        return [(o["metric"], o["direction"]) for o in self.state.space["objectives"]]
+
+    @property
+    def searched(self) -> list[TrialRow]:
+        return [r for r in self.rows if r["arm"] == SEARCH_ARM]
+
+    @property
+    def complete(self) -> list[optuna.trial.FrozenTrial]:
+        trials = self.study.trials if self.study is not None else []
+        return [t for t in trials if t.state.name == "COMPLETE"]
+
+
+def row_label(row: Row) -> str:
+    """A baseline by its arm, a searched trial by Optuna number and Ray id."""
+    if row["arm"] != SEARCH_ARM:
+        return row["arm"]
+    return f"#{row['optuna']} {row['trial']}"
+
+
+def choose(state: SweepState) -> tuple[Selection | None, list[str]]:
+    """`sweep.selection.select` with the space's constraints; without them when no trial
+    meets them (the notes say so); None when nothing can be chosen."""
+    try:
+        return select(state), []
+    except ConfigError as exc:
+        first = str(exc)
+    try:
+        selection = select(state, sweep_constraints_too=False)
+    except ConfigError as exc:
+        return None, [first, str(exc)]
+    return selection, [f"{first}; chosen without the space's constraints instead"]
+
+
+def compare_arms(
+    per_arm: Mapping[str, Mapping[int, Mapping[str, float]]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per part, the TABLE_METRICS of each arm (mean, t-interval over seeds) and the chosen
+    arm's paired deltas, keyed by the metric's test-part name."""
+    table, deltas = {}, {}
+    for part, prefix in PARTS:
+        stats, paired = arm_table(per_arm, [prefix + m for m in TABLE_METRICS])
+        table[part] = _plain(stats, prefix)
+        deltas[part] = _plain(paired, prefix)
+    return table, deltas
+
+
+def _plain(stats: dict[str, dict[str, Interval]], prefix: str) -> dict[str, dict[str, Any]]:
+    return {
+        arm: {m.removeprefix(prefix): v.as_dict() for m, v in figures.items()}
+        for arm, figures in stats.items()
+    }
+
+
+def alpha_histories(state: SweepState, rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
+    """MOON's alpha per epoch of every trial with MOON on, by `row_label`."""
+    client = mlflow_client(state.tracking_uri)
+    out = {}
+    for row in rows:
+        if str(row.get("moon.enabled")).lower() != "true":
+            continue
+        history = client.get_metric_history(row["mlflow_run_id"], "alpha")
+        out[row_label(row)] = sorted((int(m.step), float(m.value)) for m in history)
+    return out
+
+
+def param_importances(study: optuna.Study, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Optuna's importances (its default evaluator, PED-ANOVA) per objective, keyed by the
+    objectives' `names`; a maximised objective is negated (the evaluator takes lower as
+    better)."""
+    out = {}
+    for i, direction in enumerate(study.directions):
+        sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[names[i]] = optuna.importance.get_param_importances(
+                study, target=lambda t, i=i, sign=sign: sign * t.values[i]
+            )
+    return out
+
+
+# -- the chosen model, re-evaluated ---------------------------------------------------------
+
+
+def chosen_checkpoint(state: SweepState, row: Row) -> tuple[int, dict[str, Any]]:
+    """The first seed's final model of a trial: (seed, checkpoint payload)."""
+    seed = int(state.space["seeds"][0])
+    client = mlflow_client(state.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{FINAL_DIR}/model-seed{seed}.pt"
+        local = client.download_artifacts(row["mlflow_run_id"], path, tmp)
+        return seed, load_checkpoint(local)
+
+
+@torch.no_grad()
+def reevaluate(seed: int, payload: dict[str, Any]) -> Reevaluation:
+    """A saved model (a `final/model-seed<s>.pt` payload) on the validation and test parts:
+    its figures from the engine's evaluation, its per-sample outputs (confidence, correct,
+    the config's primary OOD score) for the plots."""
+    cfg = validate_config(payload["config"])
+    suite = load_suite(cfg.data)
+    predictor = Predictor.from_checkpoint(payload, suite)
+    models, dice = predictor.models, predictor.dice
+    metrics = evaluate(models, suite, cfg, masks=None)
+    k, unknown, score = suite.num_classes, cfg.moon.enabled, cfg.eval.primary
+    parts = {}
+    for part, prefix in PARTS:
+        split = getattr(suite, part)
+        id_inputs = score_inputs(models, split.x, k, unknown, dice)
+        probs = mean_probs(id_inputs)
+        id_scores = compute_score(score, id_inputs).numpy()
+        roc = {}
+        for ood in suite.ood:
+            ood_inputs = score_inputs(models, getattr(ood, part), k, unknown, dice)
+            ood_scores = compute_score(score, ood_inputs)
+            labels = np.r_[np.ones(len(id_scores)), np.zeros(len(ood_scores))]
+            roc[ood.name] = (labels, np.r_[id_scores, ood_scores.numpy()])
+        parts[part] = Outputs(
+            confidence=probs.max(dim=1).values.numpy(),
+            correct=(probs.argmax(dim=1) == split.y).numpy(),
+            ece=metrics[f"{prefix}ece"],
+            roc=roc,
+            auroc={ood.name: metrics[f"{prefix}auroc/{ood.name}"] for ood in suite.ood},
+        )
+    return Reevaluation(seed, cfg, parts)
+
+
+# -- all of it --------------------------------------------------------------------------------
+
+
+def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
+    """Everything the report shows; ConfigError when the sweep has no finished trial."""
+    all_rows = trial_rows(state, all_metrics=True)
+    rows = [r for r in all_rows if r["state"] == "done"]
+    if not rows:
+        raise ConfigError(f"sweep {state.name} has no finished trial yet; nothing to report")
+    progress(f"{len(rows)} finished trials of {len(all_rows)}; choosing a model")
+    selection, notes = choose(state)
+    chosen = selection.chosen if selection is not None else None
+
+    progress("per-seed figures of the compared arms")
+    by_arm = {r["arm"]: r for r in rows if r["arm"] != SEARCH_ARM}
+    arm_rows: dict[str, TrialRow | None] = {key: by_arm.get(key) for key, _ in ARMS}
+    arm_rows["chosen"] = chosen
+    per_arm = {
+        k: seed_metrics(state, r["mlflow_run_id"]) for k, r in arm_rows.items() if r is not None
+    }
+    table, deltas = compare_arms(per_arm)
+
+    progress("alpha schedules")
+    alpha = alpha_histories(state, rows)
+
+    reevaluated = None
+    if chosen is not None:
+        seed, payload = chosen_checkpoint(state, chosen)
+        progress(f"re-evaluating the chosen model (seed {seed})")
+        reevaluated = reevaluate(seed, payload)
+
+    progress("Optuna: importances and hypervolume")
+    gathered = Gathered(
+        state,
+        all_rows,
+        rows,
+        selection,
+        notes,
+        arm_rows,
+        table,
+        deltas,
+        alpha,
+        reevaluated,
+        study=finished_study(state),  # early-stopped trials hold mid-training figures: not here
+    )
+    gathered.no_importances = "fewer than 2 complete Optuna trials"
+    if len(gathered.complete) >= 2:
+        try:
+            names = [m for m, _ in gathered.objectives]
+            gathered.importances = param_importances(gathered.study, names)
+        except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied
+            gathered.no_importances = f"no importances: {exc}"
+    return gathered

@@ -1,0 +1,269 @@
+"""A sweep's report rendered: the figures (PNG bytes), the comparison as markdown, the HTML.
+
+Everything here works on what `sweep.gather.gather` returned, or on the JSON summary that
+`sweep.report` writes beside the page; nothing reads a store.
+
+Example:
+    >>> summary = {"metrics": ["accuracy"], "deltas": {"test": {}},
+    ...     "table": {"test": {"dense": {"accuracy": {"mean": 0.9, "low": 0.8, "high": 1.0,
+    ...     "n": 2}}}}}
+    >>> print(comparison_markdown(summary))
+    | arm | accuracy |
+    |---|---:|
+    | dense | 90.00 [80.00, 100.00] |
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from sweep import plots
+from sweep.gather import ARMS, Gathered, row_label
+from sweep.hypervolume import nadir, plot_history
+from sweep.selection import pareto_front
+from sweep.stats import CONFIDENCE, Interval
+from sweep.status import format_value
+
+# The 2-D front the Pareto plot draws (validation figures, as selection sees them).
+PARETO_2D = [("val/accuracy", "maximize"), ("val/auroc_near", "maximize")]
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] | None]:
+    """The report's PNGs by file name, their captions, and the hypervolume's reference
+    point (None without a complete Optuna trial)."""
+    images: dict[str, bytes] = {}
+    captions: dict[str, str] = {}
+    chosen, selection, objectives = g.chosen, g.selection, g.objectives
+    front_all = selection.pareto if selection is not None else []
+    front_2d = pareto_front(g.searched, PARETO_2D)
+    images["pareto.png"] = _png(plots.pareto_front_figure(g.rows, front_2d, front_all, chosen))
+    captions["pareto.png"] = (
+        f"{len(front_2d)} searched trials on the accuracy/auroc_near front (validation, dashed); "
+        f"{len(front_all)} on the front over all objectives "
+        f"({', '.join(m for m, _ in objectives)}; black edge)."
+    )
+    images["density.png"] = _png(plots.metrics_vs_density(g.rows, chosen))
+    captions["density.png"] = "Every finished trial; density is the achieved one (log axis)."
+
+    modes = {row_label(r): str(r.get("moon.alpha_mode")) for r in g.rows}
+    auto = "moon_auto" if g.arm_rows.get("moon_auto") is not None else None
+    images["alpha.png"] = _png(
+        plots.alpha_schedules(g.alpha, modes, auto, row_label(chosen) if chosen else None)
+    )
+    captions["alpha.png"] = "Alpha logged per epoch (the mean over the trial's seeds)."
+
+    again = g.reevaluated
+    if chosen is not None and again is not None:
+        val, test = again.parts["val"], again.parts["test"]
+        parts = {
+            "validation ID": (val.confidence, val.correct, val.ece),
+            "test ID": (test.confidence, test.correct, test.ece),
+        }
+        images["reliability.png"] = _png(plots.reliability(parts, again.config.eval.ece_bins))
+        images["roc.png"] = _png(plots.roc_curves({"validation": val.roc, "test": test.roc}))
+        caption = (
+            f"Chosen trial {row_label(chosen)}, checkpoint of seed {again.seed}, re-evaluated; "
+            f"score {again.config.eval.primary}."
+        )
+        captions["reliability.png"] = captions["roc.png"] = caption
+    else:
+        images["reliability.png"] = _png(plots.message("no model chosen"))
+        images["roc.png"] = _png(plots.message("no model chosen"))
+
+    if g.importances:
+        images["importances.png"] = _png(plots.importances(g.importances))
+    else:
+        images["importances.png"] = _png(plots.message(g.no_importances))
+    captions["importances.png"] = "optuna.importance.get_param_importances per objective."
+    reference = None
+    if g.complete:
+        reference = nadir([g.study])
+        ax = plot_history(g.study, reference)
+        ax.set_title("Hypervolume after each trial (complete, feasible trials)")
+        images["hypervolume.png"] = _png(ax.figure)
+        point = ", ".join(f"{m} {v:.4g}" for (m, _), v in zip(objectives, reference, strict=True))
+        captions["hypervolume.png"] = (
+            "Reference point: per objective the worst value over the complete trials that "
+            f"meet the constraints (nadir) = {point}."
+        )
+    else:
+        images["hypervolume.png"] = _png(plots.message("no complete Optuna trial"))
+    return images, captions, reference
+
+
+# -- text and HTML ---------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def _cell(interval: Interval, signed: bool = False) -> str:
+    mean = f"{100 * interval.mean:+.2f}" if signed else _pct(interval.mean)
+    if not math.isfinite(interval.low):
+        return mean
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    return f"{mean} [{fmt.format(100 * interval.low)}, {fmt.format(100 * interval.high)}]"
+
+
+def _table(head: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
+    """An HTML table; no header row when `head` is empty."""
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    thead = f"<thead><tr>{cells}</tr></thead>" if head else ""
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in body
+    )
+    return f"<table class='{css}'>{thead}<tbody>{rows}</tbody></table>"
+
+
+def comparison_markdown(summary: dict[str, Any], part: str = "test") -> str:
+    """The comparison table and the paired deltas as markdown (README, terminal)."""
+    metrics = summary["metrics"]
+    table, deltas = summary["table"][part], summary["deltas"][part]
+    labels = dict(ARMS)
+    lines = [
+        "| arm | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for arm, figures in table.items():
+        cells = [_cell(Interval(**figures[m])) for m in metrics]
+        lines.append(f"| {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
+    if deltas:
+        lines += ["", "| paired delta (points) | " + " | ".join(metrics) + " |"]
+        lines.append("|---|" + "---|" * len(metrics))
+        for arm, figures in deltas.items():
+            cells = [_cell(Interval(**figures[m]), signed=True) for m in metrics]
+            lines.append(f"| best searched - {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _comparison_html(summary: dict[str, Any], part: str) -> str:
+    metrics = summary["metrics"]
+    labels = dict(ARMS)
+    table, deltas = summary["table"][part], summary["deltas"][part]
+    body = [
+        [labels.get(arm, arm), *(_cell(Interval(**figures[m])) for m in metrics)]
+        for arm, figures in table.items()
+    ]
+    out = _table(["arm", *metrics], body)
+    if deltas:
+        body = [
+            [f"best searched - {labels.get(arm, arm)}"]
+            + [_cell(Interval(**figures[m]), signed=True) for m in metrics]
+            for arm, figures in deltas.items()
+        ]
+        out += _table(["paired delta (points)", *metrics], body)
+    return out
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
+table.kv td{text-align:left;white-space:normal}
+td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
+.note{color:#555;font-size:0.9em}code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _figure(images: dict[str, bytes], name: str, caption: str) -> str:
+    data = base64.b64encode(images[name]).decode()
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+        f"<figcaption class=note>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dict[str, str]) -> str:
+    esc = html.escape
+    chosen = summary["chosen"]
+    trials = summary["trials"]
+    objectives = ", ".join(f"{m} ({d})" for m, d in summary["objectives"])
+    header = _table(
+        [],
+        [
+            ["sweep", summary["name"]],
+            ["status", summary["status"]],
+            ["space", summary["space"]],
+            ["objectives", objectives],
+            ["seeds", ", ".join(map(str, summary["seeds"]))],
+            ["trials", ", ".join(f"{n} {s}" for s, n in summary["trial_states"].items())],
+            ["MLflow", f"{summary['tracking_uri']} (experiment moonsweep-{summary['name']})"],
+            ["generated", summary["generated"]],
+        ],
+        css="kv",
+    )
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>moonsweep report: {esc(summary['name'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>moonsweep report: {esc(summary['name'])}</h1>",
+        header,
+        "<h2>The chosen model</h2>",
+    ]
+    if chosen:
+        parts.append(
+            _table(
+                ["trial", "arm", "Optuna #", "MLflow run", "method", "density", "alpha mode"],
+                [
+                    [
+                        chosen["trial"],
+                        chosen["arm"],
+                        chosen["optuna"],
+                        chosen["mlflow_run_id"],
+                        chosen.get("sparsity.method"),
+                        f"{chosen.get('density', float('nan')):.4g}",
+                        chosen.get("moon.alpha_mode"),
+                    ]
+                ],
+            )
+        )
+    parts.append("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in summary["reasons"]) + "</ul>")
+    parts.append(
+        "<p class=note>Selection uses only the validation parts (ID and OOD); the test parts "
+        "below are held out and reported separately.</p>"
+    )
+    parts.append("<h2>Auto-tuned MOON / best searched / no MOON / dense</h2>")
+    parts.append(
+        f"<p class=note>Percent; mean and {int(CONFIDENCE * 100)}% t-interval over the seeds "
+        "(each arm trained on the same seeds and split); paired deltas are per seed.</p>"
+    )
+    parts.append("<h3>Test parts</h3>" + _comparison_html(summary, "test"))
+    parts.append("<h3>Validation parts (what selection saw)</h3>")
+    parts.append(_comparison_html(summary, "val"))
+    sections = [
+        ("Pareto front", "pareto.png"),
+        ("Metrics against density, per sparse method", "density.png"),
+        ("MOON's alpha: auto-tuned against searched", "alpha.png"),
+        ("The chosen model: reliability", "reliability.png"),
+        ("The chosen model: ROC curves", "roc.png"),
+        ("Optuna parameter importances", "importances.png"),
+        ("Hypervolume against trial count", "hypervolume.png"),
+    ]
+    for title, name in sections:
+        parts.append(f"<h2>{esc(title)}</h2>" + _figure(images, name, captions.get(name, "")))
+    parts.append("<h2>All trials</h2>")
+    columns = ["trial", "arm", "state", "optuna", "sparsity.method", "density", "moon.alpha_mode"]
+    columns += ["val/accuracy", "val/auroc_near", "val/ece", "accuracy", "auroc_near", "ece"]
+    parts.append(_table(columns, [[format_value(r.get(c)) for c in columns] for r in trials]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,213 @@
+"""A sweep's records as read back: what `sweep.json` says, one row per trial, the study.
+
+Reading a sweep needs no Ray: this module opens the stores the sweep recorded (MLflow for
+the trials' runs and artifacts, Optuna for the study) and nothing else.
+
+A sweep lives in `<workdir>/<name>/` (`sweep.json`, `space.yaml`, Ray's `ray/`). Each
+trial is an MLflow child run of the sweep's parent run, tagged with its Ray trial id and
+arm; a finished trial holds `final/metrics.json` (means over seeds) and, per seed `s`,
+`final/metrics-seed<s>.json` and `final/model-seed<s>.pt`.
+
+Example:
+    >>> from sweep.state import load_state, trial_rows  # doctest: +SKIP
+    >>> state, folder = load_state("demo")  # doctest: +SKIP
+    >>> [r["arm"] for r in trial_rows(state)][:3]  # doctest: +SKIP
+    ['dense', 'moon_auto', 'no_moon']
+    >>> sweep_dir(Path("runs"), "demo")
+    PosixPath('runs/demo')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypedDict
+
+import optuna
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from engine.checkpoint import load_json
+from engine.config import ConfigError
+from sweep.spaces import SEARCH_ARM
+from sweep.stores import load_study, mlflow_client
+
+PARENT_TAG = "mlflow.parentRunId"
+FINAL_DIR = "final"  # a finished trial's artifacts: metrics and one model per seed
+KEY_PARAMS = (
+    "sparsity.method",
+    "sparsity.density",
+    "moon.enabled",
+    "moon.alpha_mode",
+    "moon.init_factor",
+    "moon.alpha_final",
+    "moon.alpha",
+    "voting.mode",
+)
+KEY_METRICS = ("val/accuracy", "val/auroc_near", "val/auroc_far", "val/ece", "density")
+RUN_STATES = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed"}
+
+
+class SweepState(BaseModel):
+    """What `sweep.json` records: enough to resume and to find every result."""
+
+    name: str
+    space: dict[str, Any]
+    space_source: str
+    tracking_uri: str
+    storage_url: str
+    experiment_id: str
+    parent_run_id: str
+    address: str | None = None
+    results: str | None = None  # Ray's storage for the trials (None: the sweep's folder)
+    status: str = "running"
+    command: str = ""
+    created: str = ""
+    # Settings the command line changed to fit (e.g. warm-up clipped to `--epochs`).
+    adjusted: list[str] = []
+    # `--set` items as given (already part of `space["set"]`, which resume uses).
+    settings: list[str] = []
+
+
+# One trial as `trial_rows` gives it; with `all_metrics` every final metric is a key too.
+TrialRow = TypedDict(
+    "TrialRow",
+    {
+        "trial": str,  # Ray trial id
+        "arm": str,  # SEARCH_ARM or a baseline's name
+        "state": str,  # done, stopped, failed, running
+        "optuna": int,  # Optuna trial number (-1: a baseline)
+        "sparsity.method": str | None,
+        "sparsity.density": str | None,
+        "moon.enabled": str | None,
+        "moon.alpha_mode": str | None,
+        "moon.init_factor": str | None,
+        "moon.alpha_final": str | None,
+        "moon.alpha": str | None,
+        "voting.mode": str | None,
+        "val/accuracy": float | None,
+        "val/auroc_near": float | None,
+        "val/auroc_far": float | None,
+        "val/ece": float | None,
+        "density": float | None,
+        "epochs": float | None,
+        "fail_reason": str,
+        "host": str,
+        "node_ip": str,
+        "node_id": str,
+        "node": str,  # Ray's node id, short
+        "mlflow_run_id": str,
+    },
+)
+
+
+def default_workdir() -> Path:
+    """`$MOONSWEEP_WORKDIR`, else `./moonsweep-runs`."""
+    return Path(os.environ.get("MOONSWEEP_WORKDIR", "moonsweep-runs"))
+
+
+def sweep_dir(workdir: Path, name: str) -> Path:
+    return workdir / name
+
+
+def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState, Path]:
+    """The sweep `name` of `workdir` and its folder; ConfigError naming the sweeps there."""
+    workdir = Path(workdir) if workdir else default_workdir()
+    folder = sweep_dir(workdir, name)
+    path = folder / "sweep.json"
+    if not path.exists():
+        known = sorted(p.parent.name for p in workdir.glob("*/sweep.json"))
+        raise ConfigError(
+            f"no sweep named {name!r} in {workdir}; sweeps there: {', '.join(known) or 'none'}"
+        )
+    return SweepState.model_validate(load_json(path)), folder.resolve()
+
+
+def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
+    """One row per trial (MLflow child run), baselines first; `all_metrics` adds every final
+    metric, not only KEY_METRICS (as MLflow names them: `val/auroc_near`, `std/val/accuracy`)."""
+    runs = mlflow_client(state.tracking_uri).search_runs(
+        [state.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'",
+        max_results=5000,
+    )
+    rows: list[TrialRow] = []
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        row: dict[str, Any] = {
+            "trial": tags.get("ray.trial_id", ""),
+            "arm": tags.get("moonsweep.arm", ""),
+            "state": RUN_STATES.get(run.info.status, run.info.status.lower()),
+            "optuna": int(tags.get("optuna.trial_number", "-1")),
+            **{k: params.get(k) for k in KEY_PARAMS},
+            **{k: metrics.get(k) for k in KEY_METRICS},
+            **(dict(metrics) if all_metrics else {}),
+            "epochs": metrics.get("epoch"),
+            "fail_reason": tags.get("moonsweep.fail_reason", ""),
+            # Where it ran (last): the host, and Ray's node id (short in the table).
+            "host": tags.get("moonsweep.hostname", ""),
+            "node_ip": tags.get("moonsweep.node_ip", ""),
+            "node_id": tags.get("moonsweep.node_id", ""),
+            "node": tags.get("moonsweep.node_id", "")[:8],
+            "mlflow_run_id": run.info.run_id,
+        }
+        rows.append(row)  # type: ignore[arg-type]  (the metric keys of all_metrics)
+    rows.sort(key=lambda r: (r["arm"] == SEARCH_ARM, r["optuna"], r["arm"]))
+    return rows
+
+
+def ran_to_end(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of `study` in which only the trials that ran to the end are COMPLETE.
+
+    Early-stopped trials are COMPLETE for the sampler, with mid-training figures; here they
+    (and any trial not finished) are FAIL, so Optuna's Pareto front, hypervolume and
+    importances describe finished models. Trial numbers stay the same.
+
+        >>> best = ran_to_end(study).best_trials  # doctest: +SKIP
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    copy = optuna.create_study(directions=study.directions)
+    for trial in study.get_trials(deepcopy=False):
+        ended = trial.state == optuna.trial.TrialState.COMPLETE
+        if ended and not trial.user_attrs.get("early_stopped"):
+            copy.add_trial(trial)
+            continue
+        copy.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=trial.user_attrs,
+                system_attrs=trial.system_attrs,
+            )
+        )
+    return copy
+
+
+def finished_study(state: SweepState) -> optuna.Study | None:
+    """The sweep's study with only the trials that ran to the end COMPLETE (`ran_to_end`);
+    None when the sweep never asked Optuna for a trial."""
+    try:
+        study = load_study(state.name, state.storage_url)
+    except KeyError:
+        return None
+    return ran_to_end(study)
+
+
+def load_run_json(client: MlflowClient, run_id: str, path: str) -> dict[str, Any]:
+    """A JSON artifact of an MLflow run, e.g. `trial.json` or `final/metrics-seed0.json`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, path, tmp)
+        with open(local) as handle:
+            return json.load(handle)
+
+
+def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
+    """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
+    client = mlflow_client(state.tracking_uri)
+    return {
+        int(seed): load_run_json(client, run_id, f"{FINAL_DIR}/metrics-seed{seed}.json")
+        for seed in state.space["seeds"]
+    }
