@@ -28,6 +28,7 @@ from engine.checkpoint import save_checkpoint, save_json
 from engine.config import ConfigError, TrainConfig, load_config, preset_names
 from sweep import ui
 from sweep.crash import crash_home, write_crash_report
+from sweep.levels import compare_levels, level_comparison, levels_markdown
 from sweep.spaces import SEARCH_ARM
 from sweep.state import KEY_METRICS, default_workdir, load_state, trial_rows
 from sweep.status import format_table, leaders
@@ -227,8 +228,15 @@ def status(
     quiet_libraries()
     state, folder = load_state(name, workdir)
     rows = trial_rows(state)
+    levels = compare_levels(state, trial_rows(state, all_metrics=True))
     if as_json:
-        typer.echo(json.dumps({"name": name, "status": state.status, "trials": rows}, indent=2))
+        out = {
+            "name": name,
+            "status": state.status,
+            "trials": rows,
+            "levels": [lv.as_dict() for lv in levels],
+        }
+        typer.echo(json.dumps(out, indent=2))
         return
     typer.echo(f"sweep {name}: {state.status}, {len(rows)} trials, folder {folder}")
     # Short headers for the params; the requested density is not the achieved `density`.
@@ -240,9 +248,17 @@ def status(
         "moon.alpha": "alpha",
     }
     short = [{**r, **{name: r[key] for key, name in params.items()}} for r in rows]
-    columns = ["trial", "arm", "state", "optuna", *params.values(), *KEY_METRICS, "host", "node"]
-    columns.append("mlflow_run_id")
+    columns = ["trial", "arm", "level", "state", "optuna", *params.values(), *KEY_METRICS]
+    columns += ["host", "node", "mlflow_run_id"]
     typer.echo(format_table(short, columns))
+    _echo_levels(levels)
+
+
+def _echo_levels(levels: list) -> None:
+    """The per-level answer (`sweep.levels`), if the space has levels."""
+    if levels:
+        typer.echo("\nat equal density: the best searched trial against the arms trained there")
+        typer.echo(levels_markdown(levels))
 
 
 @app.command()
@@ -277,7 +293,7 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
     if summary.get("already_finished"):
         typer.echo(f"sweep {name} is already finished: nothing to resume", err=True)
     rows = trial_rows(state)
-    objectives = [o["metric"] for o in state.space["objectives"]]
+    objectives = [o["metric"] for o in state.space["objectives"] if o["metric"] != "density"]
     typer.echo(f"\nsweep {name} finished: {len(rows)} trials")
     for line in state.adjusted:
         typer.echo(f"  note    {line}")
@@ -290,14 +306,17 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
         typer.echo(f"  browse  mlflow ui --backend-store-uri {state.tracking_uri} --host 127.0.0.1")
     typer.echo("\nbaselines:")
     base = [r for r in rows if r["arm"] != SEARCH_ARM]
-    typer.echo(format_table(base, ["arm", "state", *objectives, "density", "mlflow_run_id"]))
+    typer.echo(
+        format_table(base, ["arm", "level", "state", *objectives, "density", "mlflow_run_id"])
+    )
     lead = leaders(state)
     typer.echo("\nleading trials (Pareto front over the objectives, constraints met):")
     if lead:
         params = ["sparsity.method", "sparsity.density", "moon.alpha_mode", "voting.mode"]
-        typer.echo(format_table(lead, ["optuna", "trial", *objectives, *params]))
+        typer.echo(format_table(lead, ["optuna", "trial", *objectives, "density", *params]))
     else:
         typer.echo("  none finished")
+    _echo_levels(compare_levels(state, trial_rows(state, all_metrics=True)))
 
 
 @app.command()
@@ -321,6 +340,10 @@ def select(
         int, Opt(min=0, help="Re-train top candidates and baselines on N new, shared seeds")
     ] = 0,
     confirm_top: Annotated[int, Opt(min=1, help="How many candidates to confirm")] = 3,
+    density_budget: Annotated[
+        float | None,
+        Opt(help="Largest density the model may have, e.g. 0.05 (adds density<=X)"),
+    ] = None,
     register: Annotated[
         str | None, Opt(help="Register the choice in MLflow under this name, alias champion")
     ] = None,
@@ -334,9 +357,14 @@ def select(
 
     quiet_libraries()
     state, _ = load_state(name, workdir)
+    constraints = list(constraint or [])
+    if density_budget is not None:
+        if not 0 < density_budget <= 1:
+            raise ConfigError(f"--density-budget {density_budget:g}: give a density in (0, 1]")
+        constraints.append(f"density<={density_budget:g}")
     selection = choose(
         state,
-        constraint or [],
+        constraints,
         prefer,
         confirm_seeds,
         confirm_top=confirm_top,
@@ -347,6 +375,10 @@ def select(
     if register:
         version = register_model(state, selection, register)
     chosen = selection.chosen
+    level = None
+    if chosen.get("level") is not None:  # paired deltas against the arms of its own level
+        rows = trial_rows(state, all_metrics=True)
+        level = level_comparison(state, rows, chosen["level"], chosen)
     if as_json:
         out = {
             "chosen": chosen,
@@ -356,6 +388,7 @@ def select(
             "feasible": [r["mlflow_run_id"] for r in selection.feasible],
             "confirm_seeds": selection.confirm_seeds,
             "registered": None if version is None else f"{register}/{version.version}",
+            "level": None if level is None else level.as_dict(),
         }
         typer.echo(json.dumps(out, indent=2, default=str))
         return
@@ -370,6 +403,9 @@ def select(
     shown = "  ".join(f"{m} {chosen[m]:.4g}" for m in test if chosen.get(m) is not None)
     typer.echo(f"test figures of the chosen trial (not used to choose): {shown}")
     typer.echo(f"chosen: {chosen['trial']}  runs:/{chosen['mlflow_run_id']}")
+    if level is not None:
+        typer.echo("\nthe chosen trial (searched) against the arms trained at its density:")
+        typer.echo(levels_markdown([level]))
     if version is not None:
         typer.echo(
             f"registered: {register} version {version.version}, alias champion "

@@ -39,6 +39,7 @@ from sweep.cluster import (
     results_location,
     unreachable_address,
 )
+from sweep.levels import compare_levels, log_levels
 from sweep.progress import LiveView
 from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
@@ -297,7 +298,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
             ray_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        total = space.budget.trials + len(space.baselines)
+        total = space.budget.trials + len(space.baseline_trials())
         first = space.objectives[0]
         tuner = tune.Tuner(
             trainable,
@@ -332,7 +333,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         raise
     trials = _experiment_trials(ray_dir)
-    expected = space.budget.trials + len(space.baselines)
+    expected = space.budget.trials + len(space.baseline_trials())
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     # Writes the tracking store never confirmed (it was down at the end) wait for `resume`.
     if unfinished or len(trials) < expected or len(Spool(spool)):
@@ -340,6 +341,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         return {"name": state.name, "status": "interrupted", "folder": str(folder)}
     cleanup = reconcile(state, {t.trial_id for t in trials})
+    log_levels(state, compare_levels(state))
     mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED")
     state.status = "finished"
     save_json(folder / "sweep.json", state.model_dump())

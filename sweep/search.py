@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep.spaces import SEARCH_ARM, SearchSpace
+from sweep.spaces import SEARCH_ARM, SearchSpace, arm_label
 from sweep.stores import make_storage, searcher_study, searcher_trial, storage_trial_id
 
 
@@ -46,8 +46,9 @@ class SweepSearcher(Searcher):
     def __init__(self, space: SearchSpace, storage_url: str, study_name: str) -> None:
         super().__init__()
         self.space = space
-        self.pending_arms = list(space.baselines)
-        self.trial_arm: dict[str, str] = {}
+        # (arm, density level) of each baseline trial still to suggest.
+        self.pending_arms: list[tuple[str, float | None]] = space.baseline_trials()
+        self.trial_arm: dict[str, str] = {}  # Ray trial id -> SEARCH_ARM or arm_label()
         self.baseline_results: dict[str, dict[str, float]] = {}
         self.failed_arms: set[str] = set()
         self.fail_reasons: dict[str, str] = {}
@@ -74,9 +75,9 @@ class SweepSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.pending_arms:
-            arm = self.pending_arms.pop(0)
-            self.trial_arm[trial_id] = arm
-            return {"arm": arm, "params": {}, "optuna_trial": -1}
+            arm, level = self.pending_arms.pop(0)
+            self.trial_arm[trial_id] = arm_label(arm, level)
+            return {"arm": arm, "level": level, "params": {}, "optuna_trial": -1}
         if self.suggested >= self.space.budget.trials:
             return Searcher.FINISHED
         params = self.optuna.suggest(trial_id)
@@ -84,7 +85,12 @@ class SweepSearcher(Searcher):
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         self.trial_arm[trial_id] = SEARCH_ARM
         self.suggested += 1
-        return {"arm": SEARCH_ARM, "params": params, "optuna_trial": ot_trial.number}
+        return {
+            "arm": SEARCH_ARM,
+            "level": self.space.level_of(params),
+            "params": params,
+            "optuna_trial": ot_trial.number,
+        }
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if "fail_reason" in result:

@@ -234,6 +234,9 @@ def select(
         )
     candidates = pareto_front(feasible, objectives)
     ranked = _ranked(candidates, prefer_metric, direction)
+    level = ranked[0].get("level")
+    if level is not None:  # compared (and confirmed) against the arms of its own level
+        baselines = [b for b in baselines if b.get("level") in (None, level)]
     obj_text = ", ".join(f"{m} ({d[:3]})" for m, d in objectives)
     reasons = [
         f"{len(searched)} finished searched trials; {len(pareto)} on the Pareto front over "

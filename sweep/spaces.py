@@ -8,9 +8,11 @@ Example:
     >>> from sweep.spaces import load_space
     >>> space = load_space("default")
     >>> [o.metric for o in space.objectives]
-    ['val/auroc_near', 'val/accuracy', 'val/ece']
-    >>> sorted(space.baselines)
-    ['dense', 'moon_auto', 'no_moon']
+    ['val/auroc_near', 'val/accuracy', 'val/ece', 'density']
+    >>> sorted(space.baselines), space.levels
+    (['dense', 'moon_auto', 'sparse', 'sparse+voting'], [0.02, 0.05, 0.1, 0.2])
+    >>> space.baseline_trials()[:3]
+    [('dense', None), ('moon_auto', 0.02), ('sparse', 0.02)]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from engine.arms import arm_overrides
 from engine.config import (
     EPOCH_COUNTED,
     ConfigError,
@@ -34,19 +37,28 @@ from engine.config import (
     resolve_source,
     validate_config,
 )
+from engine.sparse_methods import DENSE
 from sweep.constraints import Constraint
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
-# The three arms every comparison needs (MOON.md section 2: auto-tuning vs searched).
+# The arms every comparison needs (engine/arms.py says what each is): MOON as published,
+# plain sparse training, voting alone, and dense; the sparse ones at every density level.
 DEFAULT_BASELINES: dict[str, dict[str, Any]] = {
-    "moon_auto": {"moon.enabled": True, "moon.alpha_mode": "auto"},
-    "no_moon": {"moon.enabled": False},
-    "dense": {"sparsity.method": "dense", "moon.enabled": False},
+    arm: arm_overrides(arm) for arm in ("moon_auto", "sparse", "sparse+voting", "dense")
 }
 
 # The arm of the trials Optuna suggests (the others are the baselines, by name).
 SEARCH_ARM = "search"
+
+
+def arm_label(arm: str, level: float | None) -> str:
+    """A baseline trial's name: its arm, and its density level when the space has levels.
+
+    >>> arm_label("dense", None), arm_label("moon_auto", 0.05)
+    ('dense', 'moon_auto@0.05')
+    """
+    return arm if level is None else f"{arm}@{level:g}"
 
 
 class _Strict(BaseModel):
@@ -174,6 +186,9 @@ class SearchSpace(_Strict):
     constraints: list[SpaceConstraint] = Field(default_factory=list)
     sampler: Sampler = Field(default_factory=Sampler)
     baselines: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_BASELINES))
+    # Densities the sweep compares at: every sparse baseline arm is trained at each, and the
+    # searched density is one of them, so each comparison is at exactly equal density.
+    levels: list[float] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     budget: Budget = Field(default_factory=Budget)
     resources: Resources = Field(default_factory=Resources)
@@ -204,7 +219,53 @@ class SearchSpace(_Strict):
                 )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} has duplicates")
+        self._check_levels()
         return self
+
+    def _check_levels(self) -> None:
+        if not self.levels:
+            return
+        if any(not 0 < d < 1 for d in self.levels) or len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels: {self.levels}: distinct densities in (0, 1) are allowed")
+        self.levels = sorted(self.levels)
+        density = self.parameters.get("sparsity.density")
+        if density is not None and (
+            density.distribution != "categorical"
+            or any(c not in self.levels for c in density.choices or [])
+        ):
+            raise ValueError(
+                "parameters.sparsity.density: with levels, search it as "
+                f"{{distribution: categorical, choices: {self.levels}}} (or a subset), so "
+                "every searched trial has arms trained at its exact density"
+            )
+        for i, con in enumerate(self.constraints):
+            if con.baseline is not None and con.baseline not in self.unlevelled_arms():
+                raise ValueError(
+                    f"constraints[{i}].baseline: {con.baseline!r} is trained at every level; "
+                    "with levels, refer to an arm trained once: "
+                    + ", ".join(self.unlevelled_arms())
+                )
+
+    def unlevelled_arms(self) -> list[str]:
+        """Baseline arms trained once, not per level: those without a mask (dense)."""
+        return [a for a, o in self.baselines.items() if o.get("sparsity.method") == DENSE]
+
+    def baseline_trials(self) -> list[tuple[str, float | None]]:
+        """(arm, density level) of every baseline trial: the unlevelled arms once (level
+        None), then each sparse arm at each level (None for all without levels)."""
+        once = [(arm, None) for arm in self.unlevelled_arms()]
+        sparse = [arm for arm in self.baselines if arm not in self.unlevelled_arms()]
+        if not self.levels:
+            return once + [(arm, None) for arm in sparse]
+        return once + [(arm, level) for level in self.levels for arm in sparse]
+
+    def level_of(self, params: dict[str, Any]) -> float | None:
+        """The density level of a searched trial with `params` (None without levels)."""
+        if not self.levels:
+            return None
+        if "sparsity.density" in params:
+            return float(params["sparsity.density"])
+        return self.trial_config({}, self.seeds[0]).sparsity.density
 
     # -- configs -------------------------------------------------------------------------------
     def base_data(self) -> dict[str, Any]:
@@ -230,8 +291,10 @@ class SearchSpace(_Strict):
     def arm_configs(self, config: dict[str, Any]) -> list[TrainConfig]:
         """The resolved training config of each seed of a trial (`config` as the searcher
         suggests it: its `arm`, and the searched `params` of a SEARCH_ARM trial)."""
-        arm = config["arm"]
-        extra = self.baselines.get(arm, {}) if arm != SEARCH_ARM else {}
+        arm, level = config["arm"], config.get("level")
+        extra = dict(self.baselines.get(arm, {})) if arm != SEARCH_ARM else {}
+        if level is not None and arm != SEARCH_ARM:
+            extra["sparsity.density"] = level
         return [self.trial_config(config.get("params", {}), seed, extra) for seed in self.seeds]
 
     @property
@@ -253,11 +316,19 @@ class SearchSpace(_Strict):
             check_registered(self.trial_config({}, self.seeds[0]))
         except ConfigError as exc:
             raise ConfigError(f"set: {exc}") from None
-        for arm, overrides in self.baselines.items():
+        for arm, level in self.baseline_trials():
             try:
-                check_registered(self.trial_config({}, self.seeds[0], overrides))
+                check_registered(self.arm_configs({"arm": arm, "level": level})[0])
             except ConfigError as exc:
-                raise ConfigError(f"baselines.{arm}: {exc}") from None
+                at = "" if level is None else f" at level {level}"
+                raise ConfigError(f"baselines.{arm}{at}: {exc}") from None
+        if self.levels and "sparsity.density" not in self.parameters:
+            base = self.trial_config({}, self.seeds[0]).sparsity.density
+            if base not in self.levels:
+                raise ConfigError(
+                    f"levels: searched trials train at the base density {base}, which is not "
+                    f"one of the levels {self.levels}; add it, or search sparsity.density"
+                )
         corner: dict[str, Any] = {}
         for name, param in self.parameters.items():
             corner[name] = param.choices[0] if param.choices else _cast(param, param.low)

@@ -77,6 +77,7 @@ TrialRow = TypedDict(
     {
         "trial": str,  # Ray trial id
         "arm": str,  # SEARCH_ARM or a baseline's name
+        "level": float | None,  # the density level it is compared at (None: no levels, dense)
         "state": str,  # done, stopped, failed, running
         "optuna": int,  # Optuna trial number (-1: a baseline)
         "sparsity.method": str | None,
@@ -139,6 +140,7 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
         row: dict[str, Any] = {
             "trial": tags.get("ray.trial_id", ""),
             "arm": tags.get("moonsweep.arm", ""),
+            "level": float(tags["moonsweep.level"]) if "moonsweep.level" in tags else None,
             "state": RUN_STATES.get(run.info.status, run.info.status.lower()),
             "optuna": int(tags.get("optuna.trial_number", "-1")),
             **{k: params.get(k) for k in KEY_PARAMS},
@@ -154,7 +156,7 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
             "mlflow_run_id": run.info.run_id,
         }
         rows.append(row)  # type: ignore[arg-type]  (the metric keys of all_metrics)
-    rows.sort(key=lambda r: (r["arm"] == SEARCH_ARM, r["optuna"], r["arm"]))
+    rows.sort(key=lambda r: (r["arm"] == SEARCH_ARM, r["optuna"], r["level"] or 0, r["arm"]))
     return rows
 
 

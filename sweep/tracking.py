@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from sweep.spaces import SEARCH_ARM, SearchSpace
+from sweep.spaces import SEARCH_ARM, SearchSpace, arm_label
 from sweep.spool import Spool
 from sweep.state import FINAL_DIR, PARENT_TAG
 from sweep.stores import library_versions, mask_url, mlflow_client, unreachable
@@ -266,7 +266,7 @@ class MlflowTracking(tune.Callback):
         return run_id
 
     def _create(self, trial_id: str, config: dict[str, Any]) -> str:
-        arm = config.get("arm", SEARCH_ARM)
+        arm, level = config.get("arm", SEARCH_ARM), config.get("level")
         tags = {
             PARENT_TAG: self.parent_run_id,
             "ray.trial_id": trial_id,
@@ -274,7 +274,10 @@ class MlflowTracking(tune.Callback):
             "moonsweep.arm": arm,
             "moonsweep.seeds": ",".join(str(s) for s in self.space.seeds),
         }
-        run = self.client.create_run(self.experiment_id, run_name=f"{arm}-{trial_id}", tags=tags)
+        if level is not None:  # the density level its comparisons are made at
+            tags["moonsweep.level"] = f"{level:g}"
+        name = f"{arm_label(arm, level)}-{trial_id}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         configs = self.space.arm_configs(config)
         params = flatten(configs[0].model_dump(mode="json"))
@@ -287,6 +290,7 @@ class MlflowTracking(tune.Callback):
             run_id,
             {
                 "arm": arm,
+                "level": level,
                 "params": config.get("params", {}),
                 "configs": [c.model_dump(mode="json") for c in configs],
                 "versions": library_versions(),

@@ -374,4 +374,4 @@ def expected_trials(args: list[str]) -> int:
 
     space = load_space(args[args.index("--space") + 1] if "--space" in args else "default")
     trials = int(args[args.index("--trials") + 1]) if "--trials" in args else space.budget.trials
-    return trials + len(space.baselines)
+    return trials + len(space.baseline_trials())

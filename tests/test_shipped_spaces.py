@@ -74,7 +74,7 @@ def test_shipped_space_end_to_end(name: str, tmp_path: Path, data_env: dict[str,
         before = finished_trials(workdir, "s")
     finally:
         stop_group(driver)
-    expected = TRIALS + len(shipped.baselines)
+    expected = TRIALS + len(shipped.baseline_trials())
     assert 1 <= len(before) < expected
     assert state_of(workdir, "s")["status"] == "running"  # killed: nobody said otherwise
 
