@@ -312,7 +312,8 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
     lead = leaders(state)
     typer.echo("\nleading trials (Pareto front over the objectives, constraints met):")
     if lead:
-        params = ["sparsity.method", "sparsity.density", "moon.alpha_mode", "voting.mode"]
+        shown = ["sparsity.method", "sparsity.density", "moon.alpha_mode", "voting.mode"]
+        params = [p for p in shown if p in state.space["parameters"]]  # the searched ones
         typer.echo(format_table(lead, ["optuna", "trial", *objectives, "density", *params]))
     else:
         typer.echo("  none finished")
