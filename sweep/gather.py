@@ -1,8 +1,10 @@
 """What a sweep's report shows, gathered from its stores (no Ray) and from the chosen model.
 
 `gather(state)` reads the trials (MLflow), chooses a model (`sweep.selection.select`),
-compares the arms "auto-tuned MOON / best searched / no MOON / dense" seed by seed
-(`sweep.stats`), reads MOON's alpha per epoch, Optuna's importances, and re-evaluates the
+compares it seed by seed with the arms (engine/arms.py: moon_auto, sparse, sparse+voting,
+dense; those of its own density level when the space has levels) (`sweep.stats`), puts the
+best searched trial of every level beside the arms trained there (`sweep.levels`), reads
+MOON's alpha per epoch, Optuna's importances, and re-evaluates the
 chosen model's checkpoint with the engine's own evaluation (`engine.evaluate.evaluate`) plus
 its per-sample outputs for the reliability diagram and the ROC curves. `sweep.render` turns
 the result into figures and HTML.
@@ -27,12 +29,14 @@ import optuna
 import torch
 from optuna.study import StudyDirection
 
+from engine.arms import ALIASES
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError, TrainConfig, validate_config
 from engine.data import load_suite
 from engine.evaluate import evaluate, score_inputs
 from engine.predict import Predictor
 from engine.scores import compute_score, mean_probs
+from sweep.levels import Level, compare_levels
 from sweep.selection import Selection, select
 from sweep.spaces import SEARCH_ARM
 from sweep.state import (
@@ -50,11 +54,13 @@ Row = Mapping[str, Any]
 Progress = Callable[[str], None]
 # The comparison table's figures, as the engine names them on the test parts.
 TABLE_METRICS = ("accuracy", "auroc_near", "auroc_far", "ece", "fpr95_near")
-# (key, label) of the compared arms: baselines by arm name, "chosen" the selected trial.
+# (key, label) of the compared arms: baselines by arm name (engine/arms.py), "chosen" the
+# selected trial.
 ARMS = (
-    ("moon_auto", "auto-tuned MOON"),
+    ("moon_auto", "moon_auto (MOON as published, auto-tuned)"),
     ("chosen", "best searched"),
-    ("no_moon", "no MOON"),
+    ("sparse", "sparse (no MOON, no voting)"),
+    ("sparse+voting", "sparse+voting (voting alone)"),
     ("dense", "dense"),
 )
 PARTS = (("test", ""), ("val", "val/"))  # (part, the prefix of its metric names)
@@ -103,6 +109,7 @@ class Gathered:
     alpha: dict[str, list[tuple[int, float]]]  # row_label -> (epoch, alpha)
     reevaluated: Reevaluation | None
     study: optuna.Study | None  # trials that ran to the end only
+    levels: list[Level] = field(default_factory=list)  # per density level, if the space has any
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     no_importances: str = ""  # why there are none
 
@@ -147,6 +154,19 @@ def choose(state: SweepState) -> tuple[Selection | None, list[str]]:
     except ConfigError as exc:
         return None, [first, str(exc)]
     return selection, [f"{first}; chosen without the space's constraints instead"]
+
+
+def arms_of(rows: Sequence[TrialRow], chosen: TrialRow | None) -> dict[str, TrialRow | None]:
+    """The finished baseline trial of each of ARMS (old names mapped to the new), at the
+    chosen trial's density level when the space has levels, and the chosen trial itself."""
+    level = chosen.get("level") if chosen is not None else None
+    by_arm: dict[str, TrialRow] = {}
+    for row in rows:
+        if row["arm"] != SEARCH_ARM and row["level"] in (None, level):
+            by_arm[ALIASES.get(row["arm"], row["arm"])] = row
+    arm_rows: dict[str, TrialRow | None] = {key: by_arm.get(key) for key, _ in ARMS}
+    arm_rows["chosen"] = chosen
+    return arm_rows
 
 
 def compare_arms(
@@ -256,13 +276,15 @@ def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
     chosen = selection.chosen if selection is not None else None
 
     progress("per-seed figures of the compared arms")
-    by_arm = {r["arm"]: r for r in rows if r["arm"] != SEARCH_ARM}
-    arm_rows: dict[str, TrialRow | None] = {key: by_arm.get(key) for key, _ in ARMS}
-    arm_rows["chosen"] = chosen
+    arm_rows = arms_of(rows, chosen)
     per_arm = {
         k: seed_metrics(state, r["mlflow_run_id"]) for k, r in arm_rows.items() if r is not None
     }
     table, deltas = compare_arms(per_arm)
+
+    levels = compare_levels(state, all_rows)
+    if levels:
+        progress(f"{len(levels)} density levels: the best searched trial against the arms")
 
     progress("alpha schedules")
     alpha = alpha_histories(state, rows)
@@ -286,6 +308,7 @@ def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
         alpha,
         reevaluated,
         study=finished_study(state),  # early-stopped trials hold mid-training figures: not here
+        levels=levels,
     )
     gathered.no_importances = "fewer than 2 complete Optuna trials"
     if len(gathered.complete) >= 2:

@@ -30,11 +30,26 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import RocCurveDisplay  # noqa: E402
 
+from sweep.levels import SEARCHED  # noqa: E402
 from sweep.spaces import SEARCH_ARM  # noqa: E402
 
 Row = dict[str, Any]
 METHOD_COLOURS = {"rigl": "tab:blue", "set": "tab:orange", "static": "tab:green", "dense": "k"}
-BASELINE_MARKERS = {"moon_auto": "D", "no_moon": "s", "dense": "^"}
+BASELINE_MARKERS = {
+    "moon_auto": "D",
+    "sparse": "s",
+    "sparse+voting": "v",
+    "no_moon": "v",  # the old name of sparse+voting, in sweeps recorded before
+    "dense": "^",
+}
+# The arms of the per-level trade-off plot (sweep.levels' names), each its own colour.
+LEVEL_ARMS = {
+    SEARCHED: "tab:purple",  # red is the chosen trial's star
+    "moon_auto": "tab:blue",
+    "sparse": "tab:green",
+    "sparse+voting": "tab:orange",
+}
+TRADEOFF_METRICS = ("auroc_near", "accuracy", "ece")
 
 
 def _value(row: Row, key: str) -> float:
@@ -92,6 +107,7 @@ def pareto_front_figure(
             zorder=2,
             label="Pareto front (val accuracy / auroc_near)",
         )
+        labelled: set[str] = set()
         for row in rows:
             if row["arm"] == SEARCH_ARM:
                 continue
@@ -106,8 +122,10 @@ def pareto_front_figure(
                 edgecolors="r",
                 linewidths=1.5,
                 zorder=4,
-                label=f"baseline {row['arm']}",
+                # One legend entry per arm, not per level it was trained at.
+                label=None if row["arm"] in labelled else f"baseline {row['arm']}",
             )
+            labelled.add(row["arm"])
         if chosen is not None:
             ax.scatter(
                 _value(chosen, f"{prefix}accuracy"),
@@ -207,6 +225,81 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
             ax.set_title(f"{metric} ({'validation' if prefix else 'test'})")
             ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def levels_tradeoff(
+    levels: Sequence[Mapping[str, Any]],
+    chosen: Row | None = None,
+    part: str = "test",
+    metrics: Sequence[str] = TRADEOFF_METRICS,
+) -> Figure:
+    """Near-OOD AUROC, accuracy and ECE against density at the sweep's levels: one line per
+    arm (the level's best searched trial, moon_auto, sparse, sparse+voting) with its 95%
+    interval over the seeds as a band, dense as a horizontal line with its band, the chosen
+    trial a red star at its level.
+
+    `levels` are `sweep.levels.Level.as_dict()` dicts (as `report.json` holds them); `part`
+    "test" or "val" picks the figures (`auroc_near` or `val/auroc_near`)."""
+    prefix = "val/" if part == "val" else ""
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 4.4), constrained_layout=True, squeeze=False
+    )
+    ordered = sorted(levels, key=lambda lv: float(lv["density"]))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        key = prefix + metric
+        for arm, colour in LEVEL_ARMS.items():
+            points = [
+                (float(lv["density"]), lv["arms"][arm]["figures"][key])
+                for lv in ordered
+                if key in lv["arms"].get(arm, {}).get("figures", {})
+            ]
+            if not points:
+                continue
+            xs = np.array([x for x, _ in points])
+            mean = np.array([float(f["mean"]) for _, f in points])
+            # One seed has no interval (NaN bounds): the band is left out there.
+            low = np.array([float(f["low"]) for _, f in points])
+            high = np.array([float(f["high"]) for _, f in points])
+            ax.plot(xs, mean, "-o", color=colour, ms=5, lw=1.6, label=arm, zorder=3)
+            ax.fill_between(xs, low, high, color=colour, alpha=0.15, lw=0)
+        dense = next(
+            (
+                lv["arms"]["dense"]["figures"][key]
+                for lv in ordered
+                if key in lv["arms"].get("dense", {}).get("figures", {})
+            ),
+            None,
+        )
+        if dense is not None:
+            ax.axhline(float(dense["mean"]), color="k", ls="--", lw=1.2, label="dense")
+            if np.isfinite(float(dense["low"])):
+                ax.axhspan(float(dense["low"]), float(dense["high"]), color="k", alpha=0.08)
+        if chosen is not None:
+            x = chosen.get("level")
+            x = _value(chosen, "density") if x is None else float(x)
+            ax.scatter(
+                x,
+                _value(chosen, key),
+                marker="*",
+                s=260,
+                facecolors="none",  # hollow: the level's searched point stays visible inside
+                edgecolors="red",
+                linewidths=1.6,
+                zorder=5,
+                label="chosen",
+            )
+        ax.set_xscale("log")
+        ax.set_xticks([float(lv["density"]) for lv in ordered])
+        ax.set_xticklabels([f"{float(lv['density']):g}" for lv in ordered])
+        ax.minorticks_off()
+        ax.set_xlabel("density (level)")
+        ax.set_ylabel(key)
+        ax.set_title(f"{metric} ({'validation' if prefix else 'test'}), mean and 95% interval")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     return fig
 
 

@@ -25,9 +25,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from engine.arms import DESCRIPTIONS
 from sweep import plots
 from sweep.gather import ARMS, Gathered, row_label
 from sweep.hypervolume import nadir, plot_history
+from sweep.levels import SEARCHED
 from sweep.selection import pareto_front
 from sweep.stats import CONFIDENCE, Interval
 from sweep.status import format_value
@@ -62,6 +64,17 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
     )
     images["density.png"] = _png(plots.metrics_vs_density(g.rows, chosen))
     captions["density.png"] = "Every finished trial; density is the achieved one (log axis)."
+
+    if g.levels:
+        levels = [lv.as_dict() for lv in g.levels]
+        images["levels.png"] = _png(plots.levels_tradeoff(levels, chosen))
+        at = "" if chosen is None or chosen.get("level") is None else f" at {chosen['level']:g}"
+        captions["levels.png"] = (
+            "Test parts; per level the mean over the seeds and its 95% t-interval (band) of "
+            "the level's best searched trial and of each arm trained there (same density, "
+            "sparse method, seeds and split); dense (dashed) is trained once; red star: the "
+            f"chosen trial{at}."
+        )
 
     modes = {row_label(r): str(r.get("moon.alpha_mode")) for r in g.rows}
     auto = "moon_auto" if g.arm_rows.get("moon_auto") is not None else None
@@ -174,6 +187,45 @@ def _comparison_html(summary: dict[str, Any], part: str) -> str:
     return out
 
 
+def _level_cell(figures: dict[str, float] | None, signed: bool = False) -> str:
+    """A per-level cell in points; a paired delta whose interval excludes 0 gets a *."""
+    if figures is None:
+        return "-"
+    cell = _cell(Interval(**figures), signed)
+    if signed and (figures["low"] > 0 or figures["high"] < 0):
+        cell += " *"
+    return cell
+
+
+LEVEL_ARMS_TEXT = {SEARCHED: "the best searched trial at this density", **DESCRIPTIONS}
+
+
+def levels_html(levels: Sequence[dict[str, Any]], part: str = "test") -> str:
+    """One table per density level (`sweep.levels.Level.as_dict()` dicts): the level's best
+    searched trial and each arm trained there, then the paired per-seed deltas."""
+    out = []
+    val = part == "val"
+    for lv in levels:
+        metrics: list[str] = []
+        for arm in lv["arms"].values():
+            shown = [m for m in arm["figures"] if m.startswith("val/") == val]
+            metrics += [m for m in shown if m not in metrics]
+        seeds = max((len(a["seeds"]) for a in lv["arms"].values()), default=0)
+        body = []
+        for name, arm in lv["arms"].items():
+            trial = f"optuna #{arm['optuna']}" if arm["optuna"] >= 0 else arm["trial"]
+            body.append([name, trial, *(_level_cell(arm["figures"].get(m)) for m in metrics)])
+        for pair, figures in lv["deltas"].items():
+            cells = [_level_cell(figures.get(m), signed=True) for m in metrics]
+            body.append([pair, "paired", *cells])
+        note = html.escape(lv["note"]) + "." if lv["note"] else "every arm present."
+        out.append(
+            f"<h3>density {lv['density']:g}</h3><p class=note>{seeds} paired seeds; {note}</p>"
+            + _table(["arm", "trial", *metrics], body, css="level")
+        )
+    return "".join(out)
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}
@@ -242,7 +294,9 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
         "<p class=note>Selection uses only the validation parts (ID and OOD); the test parts "
         "below are held out and reported separately.</p>"
     )
-    parts.append("<h2>Auto-tuned MOON / best searched / no MOON / dense</h2>")
+    level = (chosen or {}).get("level")
+    at = "" if level is None else f", at its density level {level:g}"
+    parts.append(f"<h2>The chosen model against the arms{at}</h2>")
     parts.append(
         f"<p class=note>Percent; mean and {int(CONFIDENCE * 100)}% t-interval over the seeds "
         "(each arm trained on the same seeds and split); paired deltas are per seed.</p>"
@@ -250,6 +304,28 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     parts.append("<h3>Test parts</h3>" + _comparison_html(summary, "test"))
     parts.append("<h3>Validation parts (what selection saw)</h3>")
     parts.append(_comparison_html(summary, "val"))
+    parts.append("<h2>At equal density</h2>")
+    if summary.get("levels"):
+        parts.append(
+            "<p class=note>Per density level of the space, the best searched trial there "
+            "(meeting the space's constraints, best first objective on validation) beside the "
+            "arms trained at exactly that density with the same sparse method, seeds and split. "
+            f"Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the seeds; "
+            "paired deltas are per seed (* where the interval excludes 0).</p>"
+        )
+        parts.append(_figure(images, "levels.png", captions.get("levels.png", "")))
+        parts.append(_table([], [[k, v] for k, v in LEVEL_ARMS_TEXT.items()], css="kv"))
+        parts.append("<h3>Test parts</h3>" + levels_html(summary["levels"], "test"))
+        parts.append(
+            "<details><summary>Validation parts (what chose the best searched trial)</summary>"
+            + levels_html(summary["levels"], "val")
+            + "</details>"
+        )
+    else:
+        parts.append(
+            "<p class=note>The sweep's space declares no density levels, so there is no "
+            "comparison at equal density (add <code>levels: [...]</code> to the space).</p>"
+        )
     sections = [
         ("Pareto front", "pareto.png"),
         ("Metrics against density, per sparse method", "density.png"),

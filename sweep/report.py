@@ -6,10 +6,12 @@ sweep's parent MLflow run under `report/`.
 
 What it shows: the chosen model (`sweep.selection.select`, validation figures only) and the
 Pareto front; AUROC, ECE and accuracy against density per sparse method; MOON's alpha per
-epoch of the auto-tuned arm against the searched arms; the arms "auto-tuned MOON / best
-searched / no MOON / dense" with mean and 95% t-interval over seeds and paired deltas (test
-parts; validation beside); the chosen model's reliability diagram and ROC curves, re-evaluated
-from its checkpoint; Optuna's parameter importances; the hypervolume after each trial.
+epoch of the auto-tuned arm against the searched arms; the chosen model beside the arms
+(moon_auto, sparse, sparse+voting, dense; those of its density level) with mean and 95%
+t-interval over seeds and paired deltas (test parts; validation beside); at equal density,
+per level of the space, the best searched trial against the arms trained there (tables and
+a trade-off plot against density); the chosen model's reliability diagram and ROC curves,
+re-evaluated from its checkpoint; Optuna's parameter importances; the hypervolume after each trial.
 
 The numbers are gathered by `sweep.gather`, drawn and written out by `sweep.render`; this
 module puts the two together, writes the folder and logs it to MLflow.
@@ -115,6 +117,7 @@ def summarize(g: Gathered, reference: list[float] | None) -> dict[str, Any]:
         "metrics": list(TABLE_METRICS),
         "table": g.table,
         "deltas": g.deltas,
+        "levels": [lv.as_dict() for lv in g.levels],
         "importances": g.importances,
         "hypervolume_reference": reference,
         "trials": [{k: r.get(k) for k in SUMMARY_COLUMNS} for r in g.all_rows],
