@@ -114,10 +114,11 @@ def _final(value: float, accuracy: float = 0.9) -> dict:
 
 def test_baselines_first_then_optuna_then_finished(tmp_path: Path) -> None:
     searcher = _searcher(tmp_path)
-    arms = [searcher.suggest(f"b{i}")["arm"] for i in range(3)]
-    assert arms == ["moon_auto", "no_moon", "dense"]
+    # The default arms (engine/arms.py); the unlevelled one (dense) first.
+    arms = [searcher.suggest(f"b{i}")["arm"] for i in range(4)]
+    assert arms == ["dense", "moon_auto", "sparse", "sparse+voting"]
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
-    for i in range(3):
+    for i in range(4):
         searcher.on_trial_complete(f"b{i}", _final(0.8))
     assert [c["arm"] for c in configs] == [SEARCH_ARM] * 3
     assert [c["optuna_trial"] for c in configs] == [0, 1, 2]
@@ -139,16 +140,16 @@ def test_baselines_first_then_optuna_then_finished(tmp_path: Path) -> None:
 def test_constraint_against_a_baseline(tmp_path: Path) -> None:
     extra = "constraints: [{metric: val/accuracy, op: '>=', baseline: dense, offset: -0.01}]\n"
     searcher = _searcher(tmp_path, extra, trials=2)
-    for i in range(3):
+    for i in range(4):  # b0 is dense (unlevelled arms first), b1-b3 the sparse arms
         searcher.suggest(f"b{i}")
-    searcher.on_trial_complete("b0", _final(0.8, 0.5))
-    searcher.on_trial_complete("b1", _final(0.8, 0.5))
+    for i in (1, 2, 3):
+        searcher.on_trial_complete(f"b{i}", _final(0.8, 0.5))
     searcher.suggest("t0")
     searcher.suggest("t1")
     searcher.on_trial_complete("t0", _final(0.9, 0.93))  # 0.93 < 0.95 - 0.01: infeasible
     # The dense baseline is still running: t0 waits for it before Optuna hears of it.
     assert searcher.study.trials[0].state.name == "RUNNING"
-    searcher.on_trial_complete("b2", _final(0.8, 0.95))  # dense
+    searcher.on_trial_complete("b0", _final(0.8, 0.95))  # dense
     assert searcher.study.trials[0].state.name == "COMPLETE"
     searcher.on_trial_complete("t1", _final(0.85, 0.96))
     feasible = [list(t.constraints.values()) for t in searcher.study.trials]
@@ -160,7 +161,7 @@ def test_constraint_against_a_baseline(tmp_path: Path) -> None:
 
 def test_searcher_state_survives_pickling(tmp_path: Path) -> None:
     searcher = _searcher(tmp_path)
-    for i in range(3):
+    for i in range(4):
         searcher.suggest(f"b{i}")
         searcher.on_trial_complete(f"b{i}", _final(0.8))
     searcher.suggest("t0")
