@@ -165,14 +165,15 @@ def test_selectable_metrics_are_validation_only(swept) -> None:
 def test_pareto_set_equals_brute_force(swept) -> None:
     _, state, rows = swept
     searched = [r for r in rows if r["arm"] == "search"]
-    assert len(searched) == 5 and len(rows) == 8
+    assert len(searched) == 5 and len(rows) == 9  # and the four default arms
     selection = select(state, sweep_constraints_too=False)
     assert {r["mlflow_run_id"] for r in selection.pareto} == brute_pareto(searched)
     assert selection.objectives == OBJECTIVES
     assert selection.prefer == "val/auroc_near"  # the first objective by default
     best = max(r["val/auroc_near"] for r in selection.pareto)
     assert selection.chosen["val/auroc_near"] == best
-    assert {r["arm"] for r in selection.baselines} == {"dense", "moon_auto", "no_moon"}
+    arms = {r["arm"] for r in selection.baselines}
+    assert arms == {"dense", "moon_auto", "sparse", "sparse+voting"}
     assert any("against baseline dense" in line for line in selection.reasons)
 
 
