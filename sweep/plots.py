@@ -236,8 +236,8 @@ def levels_tradeoff(
 ) -> Figure:
     """Near-OOD AUROC, accuracy and ECE against density at the sweep's levels: one line per
     arm (the level's best searched trial, moon_auto, sparse, sparse+voting) with its 95%
-    interval over the seeds as a band, dense as a horizontal line with its band, the chosen
-    trial a red star at its level.
+    interval over the seeds as a band (clipped to [0, 1], where the figures live), dense as a
+    horizontal line with its band, the chosen trial a red star at its level.
 
     `levels` are `sweep.levels.Level.as_dict()` dicts (as `report.json` holds them); `part`
     "test" or "val" picks the figures (`auroc_near` or `val/auroc_near`)."""
@@ -258,9 +258,10 @@ def levels_tradeoff(
                 continue
             xs = np.array([x for x, _ in points])
             mean = np.array([float(f["mean"]) for _, f in points])
-            # One seed has no interval (NaN bounds): the band is left out there.
-            low = np.array([float(f["low"]) for _, f in points])
-            high = np.array([float(f["high"]) for _, f in points])
+            # One seed has no interval (NaN bounds): the band is left out there. The figures
+            # are fractions: a few seeds' t-interval can pass 0 or 1, the band stops there.
+            low = np.clip([float(f["low"]) for _, f in points], 0.0, 1.0)
+            high = np.clip([float(f["high"]) for _, f in points], 0.0, 1.0)
             ax.plot(xs, mean, "-o", color=colour, ms=5, lw=1.6, label=arm, zorder=3)
             ax.fill_between(xs, low, high, color=colour, alpha=0.15, lw=0)
         dense = next(
@@ -274,7 +275,8 @@ def levels_tradeoff(
         if dense is not None:
             ax.axhline(float(dense["mean"]), color="k", ls="--", lw=1.2, label="dense")
             if np.isfinite(float(dense["low"])):
-                ax.axhspan(float(dense["low"]), float(dense["high"]), color="k", alpha=0.08)
+                low, high = np.clip([float(dense["low"]), float(dense["high"])], 0.0, 1.0)
+                ax.axhspan(low, high, color="k", alpha=0.08)
         if chosen is not None:
             x = chosen.get("level")
             x = _value(chosen, "density") if x is None else float(x)

@@ -70,7 +70,8 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
         images["levels.png"] = _png(plots.levels_tradeoff(levels, chosen))
         at = "" if chosen is None or chosen.get("level") is None else f" at {chosen['level']:g}"
         captions["levels.png"] = (
-            "Test parts; per level the mean over the seeds and its 95% t-interval (band) of "
+            "Test parts; per level the mean over the seeds and its 95% t-interval (band, cut "
+            "at 0 and 1) of "
             "the level's best searched trial and of each arm trained there (same density, "
             "sparse method, seeds and split); dense (dashed) is trained once; red star: the "
             f"chosen trial{at}."
@@ -275,11 +276,21 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     if chosen:
         parts.append(
             _table(
-                ["trial", "arm", "Optuna #", "MLflow run", "method", "density", "alpha mode"],
+                [
+                    "trial",
+                    "arm",
+                    "level",
+                    "Optuna #",
+                    "MLflow run",
+                    "method",
+                    "density",
+                    "alpha mode",
+                ],
                 [
                     [
                         chosen["trial"],
                         chosen["arm"],
+                        format_value(chosen.get("level")),
                         chosen["optuna"],
                         chosen["mlflow_run_id"],
                         chosen.get("sparsity.method"),
@@ -338,7 +349,8 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     for title, name in sections:
         parts.append(f"<h2>{esc(title)}</h2>" + _figure(images, name, captions.get(name, "")))
     parts.append("<h2>All trials</h2>")
-    columns = ["trial", "arm", "state", "optuna", "sparsity.method", "density", "moon.alpha_mode"]
+    columns = ["trial", "arm", "level", "state", "optuna", "sparsity.method", "density"]
+    columns += ["moon.alpha_mode"]
     columns += ["val/accuracy", "val/auroc_near", "val/ece", "accuracy", "auroc_near", "ece"]
     parts.append(_table(columns, [[format_value(r.get(c)) for c in columns] for r in trials]))
     parts.append("</body></html>")

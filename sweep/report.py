@@ -46,6 +46,7 @@ Progress = Callable[[str], None]
 SUMMARY_COLUMNS = (
     "trial",
     "arm",
+    "level",  # the density level it is compared at (None: no levels, or dense)
     "state",
     "optuna",
     "sparsity.method",
