@@ -89,8 +89,10 @@ def test_report_files_and_parent_run(reported) -> None:
     text = (folder / "report.html").read_text()
     assert text.count('src="data:image/png;base64,') == len(IMAGES)
     assert "http://" not in text and "https://" not in text
+    # A space without levels: no comparison at equal density, and the page says why.
+    assert summary["levels"] == [] and "declares no density levels" in text
     assert "| best searched |" in stdout and str(folder / "report.html") in stdout
-    assert summary["trial_states"] == {"done": 9}
+    assert summary["trial_states"] == {"done": 10}  # 6 searched, the 4 default arms
 
 
 def test_arms_are_the_right_runs_and_figures_follow_the_seeds(reported) -> None:
@@ -99,7 +101,7 @@ def test_arms_are_the_right_runs_and_figures_follow_the_seeds(reported) -> None:
     from sweep.selection import select
 
     assert summary["arms"]["chosen"] == select(state).chosen["mlflow_run_id"]
-    for arm in ("moon_auto", "no_moon", "dense"):
+    for arm in ("moon_auto", "sparse", "sparse+voting", "dense"):
         run = client.get_run(summary["arms"][arm])
         assert run.data.tags["moonsweep.arm"] == arm
     seeds = {}
@@ -114,7 +116,7 @@ def test_arms_are_the_right_runs_and_figures_follow_the_seeds(reported) -> None:
                 assert cell["mean"] == pytest.approx(recorded[prefix + metric], abs=1e-9)
                 assert cell["low"] == pytest.approx(np.mean(values) - half, abs=1e-9)
                 assert cell["high"] == pytest.approx(np.mean(values) + half, abs=1e-9)
-    for arm in ("moon_auto", "no_moon", "dense"):
+    for arm in ("moon_auto", "sparse", "sparse+voting", "dense"):
         for metric in TABLE_METRICS:
             diffs = [
                 c[metric] - b[metric] for c, b in zip(seeds["chosen"], seeds[arm], strict=True)
