@@ -36,6 +36,9 @@ from sweep.stores import environment_defaults, mask_url, quiet_libraries
 # How commands end on purpose (an exit code, a usage error): not crashes.
 _EXITS = (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit)
 _EXITS += (click.exceptions.Abort,)
+# Typer 0.2x parses with its own copy of click: its usage errors (`--trials 0`) derive from
+# `typer.TyperException`, not from the click package's ClickException.
+_EXITS += (typer.TyperException,)
 
 
 class _Commands(TyperGroup):
