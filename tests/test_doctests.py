@@ -20,9 +20,7 @@ MODULES = sorted(
     if path.name != "__init__.py"
 )
 # Known failures, each owned elsewhere (strict: the test says when one is fixed).
-BROKEN = {
-    "engine.config": "its example sets epochs=3 below the preset's warm-up (engine side, #12)",
-}
+BROKEN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,8 @@ from chaos import (
 from datafiles import write_all
 from mlflow.tracking import MlflowClient
 
-from sweep.replay import load_run_json
 from sweep.spaces import load_space, space_names
+from sweep.state import load_run_json
 
 pytestmark = pytest.mark.slow
 

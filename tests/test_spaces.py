@@ -205,8 +205,8 @@ def test_stored_space_round_trips_in_order(label: str, space, tmp_path: Path) ->
     import yaml
 
     from engine.checkpoint import load_json, save_json
-    from sweep.state import SweepState
     from sweep.spaces import SearchSpace
+    from sweep.state import SweepState
 
     dumped = space.model_dump(mode="json")
     state = SweepState(
