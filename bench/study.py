@@ -257,8 +257,16 @@ def execute(todo: list[Task], jobs: int, threads: int) -> Iterator[dict[str, Any
     # spawn: a fresh interpreter per worker (no forked torch thread pools); each worker runs
     # whole trainings with its own thread count, so a run's figures do not depend on --jobs.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-        yield from pool.imap(run_task, todo)
+    # Workers start with this process's sys.path. One that loaded an MLflow model in-process
+    # has the model's code copy first (MLflow puts it there), and workers would import the
+    # engine from that copy, without the presets beside it: this checkout's root goes first.
+    saved = list(sys.path)
+    sys.path.insert(0, str(_HERE.parent))
+    try:
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
+            yield from pool.imap(run_task, todo)
+    finally:
+        sys.path[:] = saved
 
 
 def summarize(runs: list[dict[str, Any]], densities: list[float]) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def test_shipped_space_end_to_end(name: str, tmp_path: Path, data_env: dict[str,
     alias = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_model_version_by_alias(
         "champ", "champion"
     )
-    assert alias.version == version and alias.run_id == selection["chosen"]["mlflow_run_id"]
+    assert str(alias.version) == version and alias.run_id == selection["chosen"]["mlflow_run_id"]
     run_id = selection["chosen"]["mlflow_run_id"]
     assert run_id in {r["mlflow_run_id"] for r in rows}
 
