@@ -13,20 +13,18 @@ Example:
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
 
-from engine.config import ConfigError, SparsityConfig, preset_names
+from engine.config import ConfigError, preset_names
 from engine.data import suites
 from engine.models import models
 from engine.scores import scores
+from engine.sparse_methods import DENSE, sparse_methods
 from sweep.spaces import space_names
 
 
 def _sparse_methods() -> list[str]:
-    # TODO(issue 12, engine side): read the sparse-method registry once the engine has one;
-    # until then the names are the ones SparsityConfig.method accepts.
-    return sorted(typing.get_args(SparsityConfig.model_fields["method"].annotation))
+    return sorted([DENSE, *sparse_methods.names()])  # dense: no mask, not a registered rule
 
 
 SOURCES: dict[str, Callable[[], list[str]]] = {

@@ -117,7 +117,7 @@ def train(
     """Train and evaluate one configuration; print the final metrics as JSON on stdout."""
     # Lazy, like the imports of the other commands: torchmetrics, Ray, MLflow's model code
     # and matplotlib take seconds, which `moonsweep --help` and `status` should not wait.
-    from engine.train import TrainingDiverged
+    from engine.train import TrainingDiverged  # lazy: torch's training stack (seconds)
     from engine.train import train as run_training
 
     cfg = load_config(config, set_ or [])

@@ -113,6 +113,10 @@ def _resolve_space(opts: SweepOptions) -> tuple[SearchSpace, list[str]]:
     if opts.epochs is not None:
         space, notes = with_epochs(space, opts.epochs)
     data = space.model_dump()
+    if space.source_dir and (Path(space.source_dir) / space.base).is_file():
+        # Trials and `resume` read the stored space beside sweep.json, not beside the space
+        # file: a `base` file next to it is stored by its absolute path.
+        data["base"] = str((Path(space.source_dir) / space.base).resolve())
     overrides = {
         ("budget", "trials"): opts.trials,
         ("budget", "max_concurrent"): opts.max_concurrent,

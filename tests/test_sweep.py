@@ -358,3 +358,24 @@ def test_internal_error_is_one_line_and_a_crash_report_in_the_sweep_folder(nan_s
     report.unlink()  # the other tests read this sweep's folder
     # The same command without the failpoint still works: nothing was left broken.
     assert moonsweep("status", "t", "--workdir", str(workdir)).returncode == 0
+
+
+def test_space_with_its_base_file_beside_it_runs_from_another_folder(tmp_path: Path) -> None:
+    # The stored space is read beside sweep.json (by every trial, and by resume): a relative
+    # `base` must still name the file beside the space file, wherever the command runs.
+    from engine.config import PRESET_DIR
+
+    spaces, elsewhere = tmp_path / "spaces", tmp_path / "elsewhere"
+    spaces.mkdir()
+    elsewhere.mkdir()
+    (spaces / "mybase.yaml").write_text((PRESET_DIR / "default.yaml").read_text())
+    text = SPACE.replace("base: default", "base: mybase.yaml").replace("TRIALS", "1")
+    (spaces / "s.yaml").write_text(text.replace("LR", "0.2").replace("seeds: [0, 1]", "seeds: [0]"))
+    proc = moonsweep(
+        "run", "--space", str(spaces / "s.yaml"), "--workdir", str(tmp_path / "w"),
+        "--name", "b", cwd=elsewhere,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state, runs = children(tmp_path / "w", "b")
+    assert state["space"]["base"] == str((spaces / "mybase.yaml").resolve())
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}

@@ -221,6 +221,47 @@ def _only_test(name: str, part: str) -> None:
 # --------------------------------------------------------------------------- loaders
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a dataset loader is asked for; `datasets.build(name, root=..., part=...)` makes
+    one from its keywords, so every loader has the same options in one place."""
+
+    root: Path
+    part: Part = "test"
+    download: bool = False
+    verify: bool = True  # md5-check the files where torchvision knows their sums
+    limit: int | None = None  # keep a seeded subsample of at most this many images
+    seed: int = 0
+
+    def pick(self, n: int, name: str) -> np.ndarray | None:
+        """The indices of the seeded subsample of `n` images (None: keep all)."""
+        return _pick(n, self.limit, self.seed, name)
+
+
+Loader = Callable[[Request], RawDataset]
+
+
+def dataset(name: str) -> Callable[[Loader], Loader]:
+    """Register `loader(request) -> RawDataset` in `datasets` under `name`:
+
+        @dataset("ones")
+        def ones(req: Request) -> RawDataset:
+            return RawDataset(torch.ones(2, 3, 32, 32, dtype=torch.uint8), None, None, req.root)
+
+    then `datasets.build("ones", root="/data", part="test")` calls it with a Request.
+    """
+
+    def add(loader: Loader) -> Loader:
+        def build(root: str | Path, **options: Any) -> RawDataset:
+            return loader(Request(Path(root), **options))
+
+        build.__doc__ = loader.__doc__
+        datasets.register(name)(build)
+        return loader
+
+    return add
+
+
 def _cifar(
     base: Any, what: str, root: Path, part: Part, download: bool, verify: bool
 ) -> RawDataset:
@@ -261,93 +302,61 @@ def _cifar(
     return RawDataset(images, labels, classes, folder)
 
 
-@datasets.register("cifar10")
-def cifar10(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("cifar10")
+def cifar10(req: Request) -> RawDataset:
     """CIFAR-10 via torchvision.datasets.CIFAR10: train 50,000 or test 10,000 images."""
     from torchvision.datasets import CIFAR10  # lazy: see the module docstring
 
-    raw = _cifar(CIFAR10, "CIFAR-10", Path(root), part, download, verify)
-    return _subset(raw, _pick(len(raw), limit, seed, "cifar10"))
+    raw = _cifar(CIFAR10, "CIFAR-10", req.root, req.part, req.download, req.verify)
+    return _subset(raw, req.pick(len(raw), "cifar10"))
 
 
-@datasets.register("cifar100")
-def cifar100(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("cifar100")
+def cifar100(req: Request) -> RawDataset:
     """CIFAR-100 (fine labels) via torchvision.datasets.CIFAR100."""
     from torchvision.datasets import CIFAR100  # lazy: see the module docstring
 
-    raw = _cifar(CIFAR100, "CIFAR-100", Path(root), part, download, verify)
-    return _subset(raw, _pick(len(raw), limit, seed, "cifar100"))
+    raw = _cifar(CIFAR100, "CIFAR-100", req.root, req.part, req.download, req.verify)
+    return _subset(raw, req.pick(len(raw), "cifar100"))
 
 
-@datasets.register("svhn")
-def svhn(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("svhn")
+def svhn(req: Request) -> RawDataset:
     """SVHN cropped digits (<root>/svhn/<part>_32x32.mat) via torchvision.datasets.SVHN."""
     from torchvision.datasets import SVHN  # lazy: see the module docstring
 
-    folder = Path(root) / "svhn"
-    _, filename, _ = SVHN.split_list[part]
-    if not (folder / filename).is_file() and not download:
+    folder = req.root / "svhn"
+    _, filename, _ = SVHN.split_list[req.part]
+    if not (folder / filename).is_file() and not req.download:
         raise _not_found("SVHN", folder, f"place {filename} there")
     cls = SVHN
-    if not verify:
+    if not req.verify:
         split_list = {k: [u, f, None] for k, (u, f, _) in SVHN.split_list.items()}
         cls = type("SVHN", (SVHN,), {"split_list": split_list})
     ds = _open(
         "SVHN",
         folder,
-        lambda: cls(str(folder), split=part, download=download),
-        md5=verify,
-        download=download,
+        lambda: cls(str(folder), split=req.part, download=req.download),
+        md5=req.verify,
+        download=req.download,
     )
     images = torch.from_numpy(np.ascontiguousarray(ds.data))  # torchvision made it (N, 3, H, W)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"data.root: SVHN {folder / filename}: X must be (H, W, 3, N)")
     labels = torch.from_numpy(np.asarray(ds.labels, dtype=np.int64).reshape(-1))
     raw = RawDataset(images, labels, [str(d) for d in range(10)], folder)
-    return _subset(raw, _pick(len(raw), limit, seed, "svhn"))
+    return _subset(raw, req.pick(len(raw), "svhn"))
 
 
-@datasets.register("mnist")
-def mnist(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("mnist")
+def mnist(req: Request) -> RawDataset:
     """MNIST idx files via torchvision.datasets.MNIST, resized to 32x32, grey -> 3 channels.
 
     `verify` does not apply: torchvision checks MNIST's raw files for existence only.
     """
     from torchvision.datasets import MNIST  # lazy: see the module docstring
 
-    prefix = "train" if part == "train" else "t10k"
+    prefix = "train" if req.part == "train" else "t10k"
     needed = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
 
     # Named MNIST because torchvision derives the folder from the class name; checks only
@@ -356,24 +365,24 @@ def mnist(
         return all(os.path.isfile(os.path.join(self.raw_folder, f)) for f in needed)
 
     cls = type("MNIST", (MNIST,), {"_check_exists": check_exists})
-    folder = Path(root) / "MNIST" / "raw"
+    folder = req.root / "MNIST" / "raw"
     # torchvision still reads the old processed/{training,test}.pt when both exist.
     legacy = all((folder.parent / "processed" / f).is_file() for f in ("training.pt", "test.pt"))
     missing = [f for f in needed if not (folder / f).is_file()]
-    if missing and not legacy and not download:
+    if missing and not legacy and not req.download:
         hint = f"place the idx files there; missing: {', '.join(missing)}"
         raise _not_found("MNIST", folder, hint)
     ds = _open(
         "MNIST",
         folder,
-        lambda: cls(str(root), train=part == "train", download=download),
+        lambda: cls(str(req.root), train=req.part == "train", download=req.download),
         md5=False,  # torchvision has no md5 for the extracted MNIST files
-        download=download,
+        download=req.download,
     )
     data = torch.as_tensor(ds.data, dtype=torch.uint8)
     if data.ndim != 3:
         raise ConfigError(f"data.root: MNIST in {folder}: images must be (N, H, W)")
-    keep = _pick(len(data), limit, seed, "mnist")
+    keep = req.pick(len(data), "mnist")
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
     if keep is not None:  # before resizing: only kept images are resized
         data, labels = data[torch.from_numpy(keep)], labels[torch.from_numpy(keep)]
@@ -381,38 +390,30 @@ def mnist(
     return RawDataset(images, labels, [str(d) for d in range(10)], folder)
 
 
-@datasets.register("textures")
-def textures(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("textures")
+def textures(req: Request) -> RawDataset:
     """DTD via torchvision.datasets.DTD: train+val+test of partition 1, i.e. every image."""
     from torchvision.datasets import DTD  # lazy: see the module docstring
 
-    _only_test("textures", part)
-    folder = Path(root) / "dtd" / "dtd"
+    _only_test("textures", req.part)
+    folder = req.root / "dtd" / "dtd"
     lists = [folder / "labels" / f"{s}1.txt" for s in ("train", "val", "test")]
     if not (folder / "images").is_dir() or not all(p.is_file() for p in lists):
-        if not download:
+        if not req.download:
             raise _not_found("Textures (DTD)", folder, "place images/ and labels/ there")
     splits = [
         _open(
             "Textures (DTD)",
             folder,
-            lambda s=s: DTD(str(root), split=s, download=download, loader=_read_small),
+            lambda s=s: DTD(str(req.root), split=s, download=req.download, loader=_read_small),
             md5=False,  # torchvision has no md5 for the extracted DTD files
-            download=download,
+            download=req.download,
         )
         for s in ("train", "val", "test")
     ]
     classes = sorted({c for ds in splits for c in ds.classes})
     items = [(ds, i) for ds in splits for i in range(len(ds))]
-    keep = _pick(len(items), limit, seed, "textures")
+    keep = req.pick(len(items), "textures")
     if keep is not None:
         items = [items[i] for i in keep]
     # Decoding only the kept images is what makes `limit` save time.
@@ -422,28 +423,20 @@ def textures(
     return RawDataset(images, torch.tensor(labels, dtype=torch.int64), classes, folder)
 
 
-@datasets.register("places365")
-def places365(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("places365")
+def places365(req: Request) -> RawDataset:
     """Places365 small (256 px) val images via torchvision.datasets.Places365."""
     from torchvision.datasets import Places365  # lazy: see the module docstring
 
-    _only_test("places365", part)
-    folder = Path(root) / "places365"
+    _only_test("places365", req.part)
+    folder = req.root / "places365"
     needed = [Places365._CATEGORIES_META[0], Places365._FILE_LIST_META["val"][0], "val_256"]
     missing = [f for f in needed if not (folder / f).exists()]
-    if missing and not download:
+    if missing and not req.download:
         hint = f"place the small (256 px) val images there; missing: {', '.join(missing)}"
         raise _not_found("Places365", folder, hint)
     cls = Places365
-    if not verify:
+    if not req.verify:
         # torchvision md5-checks the two devkit text files; None checks that they exist.
         no_md5 = {
             "_CATEGORIES_META": (Places365._CATEGORIES_META[0], None),
@@ -453,33 +446,27 @@ def places365(
     ds = _open(
         "Places365",
         folder,
-        lambda: cls(str(folder), split="val", small=True, download=download, loader=_read_small),
-        md5=verify,
-        download=download,
+        lambda: cls(
+            str(folder), split="val", small=True, download=req.download, loader=_read_small
+        ),
+        md5=req.verify,
+        download=req.download,
     )
-    keep = _pick(len(ds), limit, seed, "places365")
+    keep = req.pick(len(ds), "places365")
     indices = list(range(len(ds))) if keep is None else keep.tolist()
     loaded = _parallel(ds.__getitem__, indices)
     labels = torch.tensor([-1 if y is None else y for _, y in loaded], dtype=torch.int64)
     return RawDataset(_stack([image for image, _ in loaded]), labels, ds.classes, folder)
 
 
-@datasets.register("tinyimagenet")
-def tinyimagenet(
-    root: Path,
-    *,
-    part: Part = "test",
-    download: bool = False,
-    verify: bool = True,
-    limit: int | None = None,
-    seed: int = 0,
-) -> RawDataset:
+@dataset("tinyimagenet")
+def tinyimagenet(req: Request) -> RawDataset:
     """TinyImageNet val (else test) images, any layout below; torchvision has no class for it.
 
     Unlabelled here: only ever an OOD set. `download` and `verify` do not apply.
     """
-    _only_test("tinyimagenet", part)
-    base = Path(root) / "tiny-imagenet-200"
+    _only_test("tinyimagenet", req.part)
+    base = req.root / "tiny-imagenet-200"
     folders = [base / "val", base / "test"]
     found = next(((d, f) for d in folders if d.is_dir() and (f := image_files(d))), None)
     if found is None:
@@ -489,7 +476,7 @@ def tinyimagenet(
             "downloaded through torchvision)"
         )
     folder, files = found
-    keep = _pick(len(files), limit, seed, "tinyimagenet")
+    keep = req.pick(len(files), "tinyimagenet")
     if keep is not None:
         files = [files[i] for i in keep]
     return RawDataset(_stack(_parallel(_read_small, files)), None, None, folder)
