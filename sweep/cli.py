@@ -313,7 +313,8 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
     typer.echo("\nleading trials (Pareto front over the objectives, constraints met):")
     if lead:
         shown = ["sparsity.method", "sparsity.density", "moon.alpha_mode", "voting.mode"]
-        params = [p for p in shown if p in state.space["parameters"]]  # the searched ones
+        # The searched ones; the level is the `density` objective's column already.
+        params = [p for p in shown if p in state.space["parameters"] and p != "sparsity.density"]
         typer.echo(format_table(lead, ["optuna", "trial", *objectives, "density", *params]))
     else:
         typer.echo("  none finished")

@@ -12,7 +12,7 @@ Example:
     >>> from sweep.state import load_state, trial_rows  # doctest: +SKIP
     >>> state, folder = load_state("demo")  # doctest: +SKIP
     >>> [r["arm"] for r in trial_rows(state)][:3]  # doctest: +SKIP
-    ['dense', 'moon_auto', 'no_moon']
+    ['dense', 'moon_auto', 'sparse']
     >>> sweep_dir(Path("runs"), "demo")
     PosixPath('runs/demo')
 """
