@@ -344,7 +344,7 @@ def select(
     confirm_top: Annotated[int, Opt(min=1, help="How many candidates to confirm")] = 3,
     density_budget: Annotated[
         float | None,
-        Opt(help="Largest density the model may have, e.g. 0.05 (adds density<=X)"),
+        Opt(help="Largest density the model may have, e.g. 0.05 (its level, with levels)"),
     ] = None,
     register: Annotated[
         str | None, Opt(help="Register the choice in MLflow under this name, alias champion")
@@ -360,10 +360,8 @@ def select(
     quiet_libraries()
     state, _ = load_state(name, workdir)
     constraints = list(constraint or [])
-    if density_budget is not None:
-        if not 0 < density_budget <= 1:
-            raise ConfigError(f"--density-budget {density_budget:g}: give a density in (0, 1]")
-        constraints.append(f"density<={density_budget:g}")
+    if density_budget is not None and not 0 < density_budget <= 1:
+        raise ConfigError(f"--density-budget {density_budget:g}: give a density in (0, 1]")
     selection = choose(
         state,
         constraints,
@@ -372,6 +370,7 @@ def select(
         confirm_top=confirm_top,
         on_progress=lambda line: typer.echo(line, err=True),
         sweep_constraints_too=space_constraints,
+        density_budget=density_budget,
     )
     version = None
     if register:

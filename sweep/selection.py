@@ -179,6 +179,12 @@ def sweep_constraints(state: SweepState, baselines: Sequence[Row]) -> tuple[list
     return out, note
 
 
+def nominal_density(row: Row) -> float:
+    """A trial's density level if it has one, else its achieved density."""
+    level = row.get("level")
+    return float(level if level is not None else row["density"])
+
+
 def _numbers(row: Row) -> dict[str, float]:
     return {k: v for k, v in row.items() if number(v) is not None}
 
@@ -195,8 +201,13 @@ def select(
     confirm_top: int = 3,
     sweep_constraints_too: bool = True,
     on_progress: ProgressFn | None = None,
+    density_budget: float | None = None,
 ) -> Selection:
     """Choose a searched trial of a sweep.
+
+    `density_budget` keeps the trials whose density is at most it: their level where the
+    space has levels (an ERK mask's achieved density sits a hair off its level), else the
+    achieved density.
 
     1. Pareto front over the space's objectives among finished searched trials;
     2. constraints (`"accuracy>=0.95"`, ...; plus the space's own unless
@@ -221,6 +232,15 @@ def select(
     direction = direction_of(prefer_metric, objectives)
     if not searched:
         raise ConfigError(f"sweep {state.name} has no finished searched trial to choose from")
+    if density_budget is not None:
+        within = [r for r in searched if nominal_density(r) <= density_budget]
+        if not within:
+            least = min(nominal_density(r) for r in searched)
+            raise ConfigError(
+                f"--density-budget {density_budget:g}: no finished searched trial is that "
+                f"sparse; the sparsest has density {least:g}"
+            )
+        searched = within
 
     own, note = sweep_constraints(state, baselines) if sweep_constraints_too else ([], "")
     applied = parsed + own
