@@ -201,7 +201,8 @@ def levels_markdown(levels: Sequence[Level], part: str = "test") -> str:
         metrics = [m for m in _metrics_of(lv) if m.startswith("val/") == val]
         seeds = max((len(a.per_seed) for a in lv.arms.values()), default=0)
         lines += [
-            f"density {lv.density:g} ({part} split, {seeds} paired seeds, points x100):",
+            f"density {lv.density:g} ({part} split, {seeds} paired seeds, points x100; "
+            "higher is better but for ece and fpr95):",
             "",
             "| arm | trial | " + " | ".join(metrics) + " |",
             "|---|---|" + "---:|" * len(metrics),
