@@ -240,6 +240,24 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
     }
 
 
+def assert_clean(report: dict, runs: int) -> None:
+    """An `audit` of a sweep resumed to its end with nothing wrong: finished, `runs` MLflow
+    child runs all FINISHED, none lost, run twice or duplicated, no stale Optuna trial, the
+    Optuna and MLflow records agreeing, nothing left in the spool."""
+    assert report == {
+        **report,
+        "status": "finished",
+        "runs": runs,
+        "finished_runs": runs,
+        "lost": 0,
+        "run_twice": 0,
+        "duplicate_runs": 0,
+        "stale_optuna": 0,
+        "optuna_mismatch": 0,
+        "spooled": 0,
+    }
+
+
 def _merge(seen: dict, later: dict) -> None:
     """What had finished by any kill: the first end time and checkpoint seen count."""
     for trial_id, entry in later.items():
