@@ -29,6 +29,12 @@ objectives:
   - {metric: val/auroc_near, direction: maximize}
   - {metric: val/accuracy, direction: maximize}
 sampler: {name: random, seed: 3}
+# Three arms of the space's own (the default is engine/arms.py's four): these tests are about
+# the sweep's mechanics, counted with three baselines.
+baselines:
+  moon_auto: {moon.enabled: true, moon.alpha_mode: auto}
+  no_moon: {moon.enabled: false}
+  dense: {sparsity.method: dense, moon.enabled: false}
 seeds: [0, 1]
 budget: {trials: TRIALS, max_concurrent: 2}
 early_stopping: null
