@@ -127,10 +127,18 @@ def compare_levels(
     if not levels:
         return []
     rows = trial_rows(state, all_metrics=True) if rows is None else rows
+    read: dict[str, dict[int, dict[str, float]]] = {}
+
+    def read_once(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
+        # `dense` stands in every level's table: its per-seed files are downloaded once.
+        if run_id not in read:
+            read[run_id] = read_seeds(state, run_id)
+        return read[run_id]
+
     out = []
     for level in levels:
         best, note = best_searched(state, rows, level)
-        out.append(level_comparison(state, rows, level, best, note, read_seeds))
+        out.append(level_comparison(state, rows, level, best, note, read_once))
     return out
 
 
