@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 
 from engine.config import TrainConfig
@@ -64,6 +66,85 @@ def score_inputs(
     return ScoreInputs(logits, feats, has_unknown, num_classes, dice_w, dice_b)
 
 
+@dataclass
+class Evaluation:
+    """Every figure of one evaluation, before a primary score and DICE percentile are chosen.
+
+    `classification[part]` and `ood[part][(score, percentile)]` (percentile None for every
+    score but DICE) per part (`test`, `val`); `metrics()` names them as `evaluate` does. One
+    evaluation with several DICE percentiles gives every test-time score variant at once.
+    """
+
+    classification: dict[str, dict[str, float]]
+    ood: dict[str, dict[tuple[str, float | None], dict[str, float]]]
+    density: dict[str, float]
+    scores: tuple[str, ...]
+
+    def metrics(self, primary: str, dice_percentile: float) -> dict[str, float]:
+        """The flat metric dict with `primary` unprefixed (see the module docstring)."""
+        out: dict[str, float] = {}
+        for part, prefix in (("test", ""), ("val", "val/")):
+            if part not in self.classification:
+                continue
+            out.update({prefix + name: v for name, v in self.classification[part].items()})
+            for score in self.scores:
+                key = (score, dice_percentile if score == "dice" else None)
+                score_prefix = prefix if score == primary else f"{prefix}{score}/"
+                out.update({score_prefix + k: v for k, v in self.ood[part][key].items()})
+        out.update(self.density)
+        return out
+
+
+def evaluation(
+    models: list[Classifier],
+    suite: Suite,
+    cfg: TrainConfig,
+    masks: SparseMasks | None,
+    parts: tuple[str, ...] = ("test", "val"),
+    dice_percentiles: tuple[float, ...] | None = None,
+) -> Evaluation:
+    """All figures of one trained run, DICE at each of `dice_percentiles` (default: the
+    config's): the network's outputs are computed once for every score and percentile."""
+    k = suite.num_classes
+    has_unknown = cfg.moon.enabled
+    scores = tuple(cfg.eval.scores)
+    percentiles = dice_percentiles or (cfg.eval.dice_percentile,)
+    dice = {}
+    if "dice" in scores:
+        dice = {p: dice_layers(models, suite.train.x, k, p) for p in percentiles}
+    groups = {s.name: s.group for s in suite.ood}
+    classification: dict[str, dict[str, float]] = {}
+    ood: dict[str, dict[tuple[str, float | None], dict[str, float]]] = {}
+    for part in ("test", "val"):
+        if part not in parts:
+            continue
+        split = getattr(suite, part)
+        id_inputs = score_inputs(models, split.x, k, has_unknown)
+        classification[part] = classification_metrics(
+            mean_probs(id_inputs), split.y, k, has_unknown, cfg.eval.ece_bins
+        )
+        ood_inputs = {
+            s.name: score_inputs(models, getattr(s, part), k, has_unknown) for s in suite.ood
+        }
+        ood[part] = {}
+        for score in scores:
+            variants = [(p, dice[p]) for p in percentiles] if score == "dice" else [(None, None)]
+            for percentile, layers in variants:
+                id_scores = compute_score(score, _with_dice(id_inputs, layers)).cpu()
+                per_set = {
+                    name: ood_metrics(id_scores, compute_score(score, _with_dice(o, layers)).cpu())
+                    for name, o in ood_inputs.items()
+                }
+                ood[part][(score, percentile)] = summarize_ood(per_set, groups)
+    return Evaluation(classification, ood, density_report(models[0], masks), scores)
+
+
+def _with_dice(inputs: ScoreInputs, dice: DiceLayers | None) -> ScoreInputs:
+    if dice is None:
+        return inputs
+    return replace(inputs, dice_weights=dice[0], dice_biases=dice[1])
+
+
 def evaluate(
     models: list[Classifier],
     suite: Suite,
@@ -76,34 +157,5 @@ def evaluate(
     `parts=("val",)` gives only the validation figures (and density): what a sweep may see
     before the run has finished, without touching the test parts.
     """
-    k = suite.num_classes
-    has_unknown = cfg.moon.enabled
-    dice = None
-    if "dice" in cfg.eval.scores:
-        dice = dice_layers(models, suite.train.x, k, cfg.eval.dice_percentile)
-
-    def inputs(x: torch.Tensor) -> ScoreInputs:
-        return score_inputs(models, x, k, has_unknown, dice)
-
-    metrics: dict[str, float] = {}
-    groups = {s.name: s.group for s in suite.ood}
-    for part, prefix in (("test", ""), ("val", "val/")):
-        if part not in parts:
-            continue
-        split = getattr(suite, part)
-        id_inputs = inputs(split.x)
-        cls = classification_metrics(
-            mean_probs(id_inputs), split.y, k, has_unknown, cfg.eval.ece_bins
-        )
-        metrics.update({prefix + name: value for name, value in cls.items()})
-        ood_inputs = {s.name: inputs(getattr(s, part)) for s in suite.ood}
-        for score in cfg.eval.scores:
-            id_scores = compute_score(score, id_inputs).cpu()
-            per_set = {
-                name: ood_metrics(id_scores, compute_score(score, ood).cpu())
-                for name, ood in ood_inputs.items()
-            }
-            score_prefix = prefix if score == cfg.eval.primary else f"{prefix}{score}/"
-            metrics.update(summarize_ood(per_set, groups, prefix=score_prefix))
-    metrics.update(density_report(models[0], masks))
-    return metrics
+    result = evaluation(models, suite, cfg, masks, parts)
+    return result.metrics(cfg.eval.primary, cfg.eval.dice_percentile)

@@ -163,7 +163,14 @@ class Run:
     report after each epoch and save `state_dict()` as the trial's checkpoint.
     """
 
-    def __init__(self, cfg: TrainConfig, suite: Suite | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        suite: Suite | None = None,
+        voting_modes: tuple[str, ...] | None = None,
+    ) -> None:
+        """`voting_modes`: the modes `finish` may be asked for (default: the config's), e.g.
+        both for test-time variants; the training is the same whatever they are."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.generator = seed_everything(cfg.seed)
@@ -211,7 +218,7 @@ class Run:
         self.mask_stop_step = min(int(sp.end_fraction * total_steps), avg_start_step)
         self.lr_at = LearningRate(cfg, avg_start_step if voting else total_steps)
         self.alphas = AlphaSchedule(cfg.moon, cfg.epochs) if cfg.moon.enabled else None
-        self.voter = Voter(cfg.voting.mode) if voting else None
+        self.voter = Voter(voting_modes or cfg.voting.mode) if voting else None
         self.snap_at = set(snapshot_steps(self.steps_per_epoch, cfg.voting.snapshots_per_epoch))
         self.epoch = 0  # epochs completed
         self.step = 0
@@ -288,13 +295,16 @@ class Run:
         self.history.append(record)
         return record
 
+    def final_models(self, voting_mode: str | None = None) -> list[Classifier]:
+        """The models to evaluate: the votes folded in `voting_mode` (default: the
+        config's), or the last weights without voting."""
+        if self.voter is None:
+            return [self.model.eval()]
+        return self.voter.finalize(self.model, self.suite.train.x, self.cfg.batch_size, voting_mode)
+
     def finish(self) -> TrainResult:
         """Fold the votes and evaluate: the run's final models and metrics."""
-        x_train = self.suite.train.x
-        if self.voter is not None:
-            final = self.voter.finalize(self.model, x_train, self.cfg.batch_size)
-        else:
-            final = [self.model.eval()]
+        final = self.final_models()
         metrics = evaluate(final, self.suite, self.cfg, self.masks)
         return TrainResult(self.cfg, metrics, self.history, final, self.masks, self.suite)
 

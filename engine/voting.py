@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
+VOTING_MODES = ("weights", "predictions")
+
 
 def snapshot_steps(steps_per_epoch: int, per_epoch: int) -> list[int]:
     """0-based step indices within an epoch after which a snapshot is taken, evenly spread.
@@ -30,36 +32,49 @@ def snapshot_steps(steps_per_epoch: int, per_epoch: int) -> list[int]:
 
 
 class Voter:
-    """Collects snapshots during the averaging epochs; `finalize` gives the models to evaluate."""
+    """Collects snapshots during the averaging epochs; `finalize` gives the models to evaluate.
 
-    def __init__(self, mode: str) -> None:
-        if mode not in ("weights", "predictions"):
-            raise ValueError(f"voting mode must be weights or predictions, not {mode!r}")
-        self.mode = mode
+    `modes` are the voting modes it can finalize: both (`("weights", "predictions")`) keep
+    the running mean and the snapshots side by side, so one training gives either; the
+    training itself does not depend on the mode.
+    """
+
+    def __init__(self, modes: str | tuple[str, ...]) -> None:
+        self.modes = (modes,) if isinstance(modes, str) else tuple(modes)
+        for mode in self.modes:
+            if mode not in VOTING_MODES:
+                raise ValueError(f"voting mode must be weights or predictions, not {mode!r}")
+        self.mode = self.modes[0]
         self.averaged: AveragedModel | None = None
         self.snapshots: list[dict[str, torch.Tensor]] = []
+        self.added = 0
 
     @property
     def count(self) -> int:
-        if self.mode == "weights":
-            return 0 if self.averaged is None else int(self.averaged.n_averaged)
-        return len(self.snapshots)
+        return self.added
 
     @torch.no_grad()
     def add(self, model: nn.Module) -> None:
-        if self.mode == "weights":
+        if "weights" in self.modes:
             if self.averaged is None:
                 self.averaged = AveragedModel(model)
             self.averaged.update_parameters(model)
-        else:
+        if "predictions" in self.modes:
             self.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        self.added += 1
 
     @torch.no_grad()
-    def finalize(self, model: nn.Module, train_x: torch.Tensor, batch_size: int) -> list[nn.Module]:
-        """The averaged model (batch-norm recomputed) or one model per kept snapshot."""
+    def finalize(
+        self, model: nn.Module, train_x: torch.Tensor, batch_size: int, mode: str | None = None
+    ) -> list[nn.Module]:
+        """The averaged model (batch-norm recomputed) or one model per kept snapshot, for
+        `mode` (default: the first of `modes`)."""
+        mode = mode or self.mode
+        if mode not in self.modes:
+            raise ValueError(f"voting mode {mode!r} was not collected; collected: {self.modes}")
         if self.count == 0:
             return [model]
-        if self.mode == "weights":
+        if mode == "weights":
             averaged = self.averaged.module
             batches = list(train_x.split(batch_size))
             update_bn(batches, averaged)
@@ -72,13 +87,21 @@ class Voter:
         return members
 
     def state_dict(self) -> dict:
-        if self.mode == "weights":
-            return {} if self.averaged is None else {"averaged": self.averaged.state_dict()}
-        return {"snapshots": self.snapshots}
+        state: dict = {"added": self.added}
+        if self.averaged is not None:
+            state["averaged"] = self.averaged.state_dict()
+        if "predictions" in self.modes:
+            state["snapshots"] = self.snapshots
+        return state
 
     def load_state_dict(self, state: dict, model: nn.Module) -> None:
-        if self.mode == "weights" and "averaged" in state:
+        if "weights" in self.modes and "averaged" in state:
             self.averaged = AveragedModel(model)
             self.averaged.load_state_dict(state["averaged"])
-        elif self.mode == "predictions":
+        if "predictions" in self.modes:
             self.snapshots = list(state.get("snapshots", []))
+        # Checkpoints written before `added` was kept: what the single mode held.
+        default = len(self.snapshots) if self.mode == "predictions" else 0
+        if self.averaged is not None and self.mode == "weights":
+            default = int(self.averaged.n_averaged)
+        self.added = int(state.get("added", default))
