@@ -109,6 +109,16 @@ class Variant:
         return validate_config(data)
 
 
+def variant_name(cfg: TrainConfig) -> str:
+    """The name of the variant a config is (as `Variant.name`): `predictions/dice@70`."""
+    return Variant(
+        None if cfg.voting.mode == "off" else cfg.voting.mode,
+        cfg.eval.primary,
+        cfg.eval.dice_percentile,
+        dice=cfg.eval.primary == "dice",
+    ).name
+
+
 def collected_modes(cfg: TrainConfig, test_time: TestTime | None) -> tuple[str, ...] | None:
     """The voting modes a `Run` of `cfg` must collect for `test_time` (None: the config's)."""
     if test_time is None or cfg.voting.mode == "off" or not test_time.voting_modes:

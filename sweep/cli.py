@@ -274,6 +274,12 @@ def replay(
     quiet_libraries()
     state, _ = load_state(name, workdir)
     row, recorded, replayed = replay_trial(state, trial)
+    if "test_time_pick" in replayed:
+        typer.echo(
+            f"test-time pick: {replayed.pop('test_time_pick')} "
+            f"(recorded: {recorded.pop('test_time_pick')})",
+            err=True,
+        )
     shared = sorted(set(recorded) & set(replayed))
     worst = max((abs(recorded[k] - replayed[k]) for k in shared), default=0.0)
     typer.echo(

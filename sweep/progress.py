@@ -28,6 +28,8 @@ def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str
     result = trial.last_result or {}
     if "fail_reason" in result:
         return "failed"
+    if result.get("raced_out"):
+        return "stopped"  # raced out after its first seeds: an estimate, not a candidate
     return "done" if result.get("final") == 1 else "stopped"
 
 

@@ -10,6 +10,7 @@ TPE learns from COMPLETE trials only), and every Optuna trial tagged with its Ra
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from typing import Any
@@ -54,6 +55,10 @@ class SweepSearcher(Searcher):
         self.fail_reasons: dict[str, str] = {}
         self.suggested = 0
         self.deferred: dict[str, dict] = {}  # finished trials waiting for a baseline
+        # Racing's references per density level: label -> per-seed validation figures, and
+        # the figures its feasibility is judged on (sweep/racing.py).
+        self.race_pool: dict[str, dict[str, dict[str, Any]]] = {}
+        self.trial_level: dict[str, float | None] = {}
         self.storage = make_storage(storage_url)
         self.optuna = OptunaSearch(
             space=space.suggest,
@@ -77,6 +82,7 @@ class SweepSearcher(Searcher):
         if self.pending_arms:
             arm, level = self.pending_arms.pop(0)
             self.trial_arm[trial_id] = arm_label(arm, level)
+            self.trial_level[trial_id] = level
             return {"arm": arm, "level": level, "params": {}, "optuna_trial": -1}
         if self.suggested >= self.space.budget.trials:
             return Searcher.FINISHED
@@ -85,12 +91,45 @@ class SweepSearcher(Searcher):
         ot_trial.set_user_attr("ray_trial_id", trial_id)
         self.trial_arm[trial_id] = SEARCH_ARM
         self.suggested += 1
-        return {
+        level = self.space.level_of(params)
+        self.trial_level[trial_id] = level
+        config: dict[str, Any] = {
             "arm": SEARCH_ARM,
-            "level": self.space.level_of(params),
+            "level": level,
             "params": params,
             "optuna_trial": ot_trial.number,
         }
+        if self.space.race is not None:
+            # Fixed now and kept in the trial's config: a resumed trial races as it did.
+            config["references"] = self.references(level)
+        return config
+
+    def references(self, level: float | None) -> dict[str, dict[int, dict[str, float]]]:
+        """The feasible finished trials at `level` racing compares against (constraints
+        with a reference not yet known leave a candidate out)."""
+        pool = getattr(self, "race_pool", {}).get(_level_key(level), {})
+        return {label: entry["seeds"] for label, entry in pool.items() if self._feasible(entry)}
+
+    def _feasible(self, entry: dict[str, Any]) -> bool:
+        for con in self.space.constraints:
+            if con.baseline is not None and con.baseline in self.failed_arms:
+                continue  # without a reference it cannot bind (as in `_tell`)
+            threshold = con.threshold(self.baseline_results)
+            value = entry["values"].get(con.metric)
+            if threshold is None or value is None or con.violation(value, threshold) > 0:
+                return False
+        return True
+
+    def _pool(self, trial_id: str, label: str, result: dict) -> None:
+        """Keep a trial that ran every seed as a racing reference at its level."""
+        if self.space.race is None or "seed_values" not in result or result.get("raced_out"):
+            return
+        metrics = [m for m, _ in self.space.race_objectives()]
+        per_seed = json.loads(result["seed_values"])
+        seeds = {int(s): {m: v[m] for m in metrics if m in v} for s, v in per_seed.items()}
+        values = {con.metric: result.get(con.metric) for con in self.space.constraints}
+        level = _level_key(self.trial_level.get(trial_id))
+        self.race_pool.setdefault(level, {})[label] = {"seeds": seeds, "values": values}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if "fail_reason" in result:
@@ -104,6 +143,13 @@ class SweepSearcher(Searcher):
             return
         finished = bool(result) and result.get("final") == 1 and "fail_reason" not in result
         stopped = not finished and not error and self._stopped_with_objectives(result)
+        if finished:
+            label = (
+                arm
+                if arm != SEARCH_ARM
+                else f"{SEARCH_ARM} #{searcher_trial(self.optuna, trial_id).number}"
+            )
+            self._pool(trial_id, label, result)
         if arm != SEARCH_ARM:
             if finished:
                 self.baseline_results[arm] = {
@@ -120,6 +166,11 @@ class SweepSearcher(Searcher):
         ot_trial = searcher_trial(self.optuna, trial_id)
         if self.storage.get_trial(storage_trial_id(ot_trial)).state.is_finished():
             return  # told before the driver died, after its last save: tell nothing twice
+        for key in ("epochs_trained", "test_time_pick", "test_time_rule", "raced_by"):
+            if result and key in result:
+                ot_trial.set_user_attr(key, result[key])
+        if finished and result.get("raced_out"):
+            ot_trial.set_user_attr("raced_out", True)  # an estimate from its race seeds
         if stopped:
             # Its last report's figures (current weights, before voting) stand for the trial.
             ot_trial.set_user_attr("early_stopped", True)
@@ -171,6 +222,10 @@ class SweepSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             self.__dict__.update(pickle.load(handle))
+
+
+def _level_key(level: float | None) -> str:
+    return "none" if level is None else f"{level:g}"
 
 
 class SearchOnlyASHA(ASHAScheduler):

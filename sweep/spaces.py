@@ -38,7 +38,9 @@ from engine.config import (
     validate_config,
 )
 from engine.sparse_methods import DENSE
+from engine.test_time import TestTime
 from sweep.constraints import Constraint
+from sweep.racing import Race
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -194,6 +196,10 @@ class SearchSpace(_Strict):
     resources: Resources = Field(default_factory=Resources)
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
     retry: Retry = Field(default_factory=Retry)
+    # Settings chosen after training on validation (searched trials only; engine/test_time.py)
+    # and seed racing (sweep/racing.py); docs/search-spaces.md says what each does.
+    test_time: TestTime | None = None
+    race: Race | None = None
     # Epochs between reports to Ray, each with a checkpoint. A report is a round trip to the
     # driver, so small trials report every few epochs; every epoch still reaches MLflow.
     report_every: int = Field(1, ge=1)
@@ -219,6 +225,24 @@ class SearchSpace(_Strict):
                 )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: {self.seeds} has duplicates")
+        if self.race is not None and self.race.seeds >= len(self.seeds):
+            raise ValueError(
+                f"race.seeds: {self.race.seeds} must be fewer than the {len(self.seeds)} seeds, "
+                "so that a trial can be stopped after them; or drop `race`"
+            )
+        tt = self.test_time
+        if tt is not None:
+            grids = {
+                "voting.mode": tt.voting_modes,
+                "eval.primary": tt.scores,
+                "eval.dice_percentile": tt.dice_percentiles,
+            }
+            for key, values in grids.items():
+                if values and key in self.parameters:
+                    raise ValueError(
+                        f"parameters.{key}: also in test_time, which evaluates every value "
+                        "after one training; search it in one place only"
+                    )
         self._check_levels()
         return self
 
@@ -297,6 +321,14 @@ class SearchSpace(_Strict):
             extra["sparsity.density"] = level
         return [self.trial_config(config.get("params", {}), seed, extra) for seed in self.seeds]
 
+    def race_objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) of the objectives racing compares on: all but density."""
+        return [(o.metric, o.mode) for o in self.objectives if o.metric != "density"]
+
+    def test_time_for(self, config: dict[str, Any]) -> TestTime | None:
+        """The test-time grid of a trial: searched trials only (arms are as published)."""
+        return self.test_time if config.get("arm") == SEARCH_ARM else None
+
     @property
     def epochs(self) -> int:
         return self.trial_config({}, self.seeds[0]).epochs
@@ -313,9 +345,20 @@ class SearchSpace(_Strict):
     def check(self) -> None:
         """Validate that the base, every baseline and the space's extreme points make configs."""
         try:
-            check_registered(self.trial_config({}, self.seeds[0]))
+            base = self.trial_config({}, self.seeds[0])
+            check_registered(base)
         except ConfigError as exc:
             raise ConfigError(f"set: {exc}") from None
+        missing = [
+            s
+            for s in (self.test_time.scores if self.test_time else [])
+            if s not in base.eval.scores
+        ]
+        if missing:
+            raise ConfigError(
+                f"test_time.eval.primary: {', '.join(missing)} not computed by the trials; "
+                f"eval.scores: {', '.join(base.eval.scores)}"
+            )
         for arm, level in self.baseline_trials():
             try:
                 check_registered(self.arm_configs({"arm": arm, "level": level})[0])

@@ -78,7 +78,7 @@ TrialRow = TypedDict(
         "trial": str,  # Ray trial id
         "arm": str,  # SEARCH_ARM or a baseline's name
         "level": float | None,  # the density level it is compared at (None: no levels, dense)
-        "state": str,  # done, stopped, failed, running
+        "state": str,  # done, stopped, raced, failed, running
         "optuna": int,  # Optuna trial number (-1: a baseline)
         "sparsity.method": str | None,
         "sparsity.density": str | None,
@@ -141,7 +141,9 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
             "trial": tags.get("ray.trial_id", ""),
             "arm": tags.get("moonsweep.arm", ""),
             "level": float(tags["moonsweep.level"]) if "moonsweep.level" in tags else None,
-            "state": RUN_STATES.get(run.info.status, run.info.status.lower()),
+            "state": "raced"
+            if "moonsweep.raced_out" in tags
+            else RUN_STATES.get(run.info.status, run.info.status.lower()),
             "optuna": int(tags.get("optuna.trial_number", "-1")),
             **{k: params.get(k) for k in KEY_PARAMS},
             **{k: metrics.get(k) for k in KEY_METRICS},
@@ -173,7 +175,8 @@ def ran_to_end(study: optuna.Study) -> optuna.Study:
     copy = optuna.create_study(directions=study.directions)
     for trial in study.get_trials(deepcopy=False):
         ended = trial.state == optuna.trial.TrialState.COMPLETE
-        if ended and not trial.user_attrs.get("early_stopped"):
+        attrs = trial.user_attrs
+        if ended and not attrs.get("early_stopped") and not attrs.get("raced_out"):
             copy.add_trial(trial)
             continue
         copy.add_trial(

@@ -293,6 +293,10 @@ class MlflowTracking(tune.Callback):
                 "level": level,
                 "params": config.get("params", {}),
                 "configs": [c.model_dump(mode="json") for c in configs],
+                # Searched trials evaluate this grid after training and keep its rule's pick.
+                "test_time": None
+                if (tt := self.space.test_time_for(config)) is None
+                else tt.model_dump(mode="json", by_alias=True),
                 "versions": library_versions(),
             },
             "trial.json",
@@ -355,6 +359,14 @@ class MlflowTracking(tune.Callback):
                     folder = Path(directory) / FINAL_DIR
                     if folder.is_dir():
                         self.client.log_artifacts(run_id, str(folder), artifact_path="final")
+            if "test_time_pick" in result:  # the variant its rule kept (final/variants.json)
+                self.client.set_tag(run_id, "moonsweep.test_time", str(result["test_time_pick"]))
+            if result.get("raced_out"):
+                # Raced out after its first seeds (sweep/racing.py): an estimate, never a
+                # candidate; KILLED like a trial stopped early, tagged with the reference.
+                self.client.set_tag(run_id, "moonsweep.raced_out", str(result.get("raced_by")))
+                self.client.set_terminated(run_id, "KILLED")
+                return
             self.client.set_terminated(run_id, "FINISHED")
         else:
             self.client.set_tag(run_id, "moonsweep.stopped_early", "true")

@@ -17,6 +17,7 @@ was killed) reports them again instead of training again.
 from __future__ import annotations
 
 import io
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from ray import tune
 from engine import faults
 from engine.checkpoint import load_json, load_newest, save_checkpoint, save_json
 from engine.data import load_suite
+from engine.test_time import TestTime, collected_modes, pick, variant_name, variants
 from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import node_placement
+from sweep.racing import raced_by
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.state import FINAL_DIR
 from sweep.stats import aggregate
@@ -83,12 +86,13 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                     tune.report(load_json(recorded))
                     return
                 states, note = _restore(checkpoint, Path(directory))
+        test_time = space.test_time_for(config)
         while True:
-            runs = [Run(cfg, suite) for cfg in cfgs]
+            runs = [Run(cfg, suite, collected_modes(cfg, test_time)) for cfg in cfgs]
             for run, state in zip(runs, states or [], strict=False):
                 run.load_state_dict(state)
             try:
-                finished = _train(runs, space, note, stoppable=config["arm"] == SEARCH_ARM)
+                finished = _train(runs, space, note, config, test_time)
                 break
             except TrainingFailed as failed:
                 policy = space.retry
@@ -99,9 +103,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                     torch.cuda.empty_cache()
                 # Again from the last reported checkpoint (or the start).
                 last = failed.last_state
-                states = (
-                    torch.load(io.BytesIO(last), weights_only=True)["runs"] if last else states
-                )
+                states = torch.load(io.BytesIO(last), weights_only=True)["runs"] if last else states
                 note = ""
         final, results = finished.metrics, finished.results
         final["retries"] = len(retried)
@@ -111,9 +113,11 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / FINAL_DIR
             save_json(out / "metrics.json", final)
-            for seed, result in zip(space.seeds, results, strict=True):
+            for seed, result in zip(space.seeds, results, strict=False):  # raced: fewer
                 save_checkpoint(out / f"model-seed{seed}.pt", result.checkpoint())
                 save_json(out / f"metrics-seed{seed}.json", result.metrics)
+            if finished.variants:
+                save_json(out / "variants.json", finished.variants)
             tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:  # failures are data: record why, let the sweep go on
         epoch = exc.epoch if isinstance(exc, TrainingFailed) else 0
@@ -125,56 +129,143 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
 
 @dataclass
 class Finished:
-    """A trial trained to the end: its final figures (means over seeds) and each seed's run."""
+    """A trial trained to the end (or raced out): its final figures (means over the seeds
+    trained), each trained seed's run (the picked test-time variant) and the variants' table."""
 
     metrics: dict[str, Any]
     results: list[TrainResult]
+    variants: list[dict[str, Any]] | None = None
 
 
-def _train(runs: list[Run], space: SearchSpace, note: str, stoppable: bool) -> Finished:
+def _train(
+    runs: list[Run],
+    space: SearchSpace,
+    note: str,
+    config: dict[str, Any],
+    test_time: TestTime | None,
+) -> Finished:
     """Train to the end, reporting (with a checkpoint) every `report_every` epochs.
 
-    Any exception comes out as a `TrainingFailed` carrying the epoch and the last reported
-    state, for a retry.
+    With racing, the first `race.seeds` runs train to the end first; the others train only
+    if the race seeds are not dominated by a reference (sweep/racing.py). Any exception
+    comes out as a `TrainingFailed` carrying the epoch and the last reported state.
     """
-    history: list[dict[str, float]] = []  # epochs not yet reported
-    last_state: bytes | None = None
-    metrics: dict[str, Any] = {}
-    # ASHA decides nothing before the grace epoch; from there on each report carries the
-    # objectives of the current weights, so a trial it stops still tells the sampler something.
-    # (Baselines are never stopped: they skip it.)
-    early = stoppable and space.early_stopping is not None
-    evaluate_from = space.grace_epochs() if early else None
+    searched = config["arm"] == SEARCH_ARM
+    references = config.get("references") or {}
+    race = space.race if searched and references else None
+    split = race.seeds if race is not None else len(runs)
+    groups = [runs[:split], runs[split:]] if split < len(runs) else [runs]
+    reporter = _Reporter(space, note, early=searched and space.early_stopping is not None)
+    evaluated: dict[int, list[TrainResult]] = {}
     try:
-        while not runs[0].done:
-            metrics = aggregate([run.train_epoch() for run in runs])
-            epoch = runs[0].epoch
+        for group in groups:
+            if group is groups[-1] and len(groups) == 2 and not group[0].epoch:
+                raced = _race(groups[0], space, test_time, references, reporter.history, evaluated)
+                if raced is not None:
+                    return raced
+            reporter.train(group, runs)
+    except Exception as exc:
+        raise TrainingFailed(exc, runs[0].epoch, reporter.last_state) from exc
+    try:
+        return _finish(runs, test_time, reporter.history, evaluated)
+    except Exception as exc:  # no epoch nor state to name: a retry starts as this attempt did
+        raise TrainingFailed(exc, 0) from exc
+
+
+class _Reporter:
+    """Trains a group of runs (seeds) in lockstep and reports every `report_every` epochs."""
+
+    def __init__(self, space: SearchSpace, note: str, early: bool) -> None:
+        self.space = space
+        self.note = note
+        # ASHA decides nothing before the grace epoch; from there on each report carries the
+        # objectives of the current weights, so a trial it stops still tells the sampler
+        # something. (Baselines are never stopped: they skip it.)
+        self.evaluate_from = space.grace_epochs() if early else None
+        self.history: list[dict[str, float]] = []  # epochs not yet reported
+        self.last_state: bytes | None = None
+
+    def train(self, group: list[Run], runs: list[Run]) -> None:
+        space = self.space
+        while not group[0].done:
+            metrics = aggregate([run.train_epoch() for run in group])
+            epoch = group[0].epoch
             metrics["epoch"] = epoch
-            history.append(metrics)
+            metrics["epochs_trained"] = sum(r.epoch for r in runs)
+            self.history.append(metrics)
             faults.fire("epoch", epoch)
-            if epoch % space.report_every == 0 and not runs[0].done:
-                if evaluate_from is not None and epoch >= evaluate_from:
-                    metrics.update(aggregate([run.evaluate() for run in runs]))
-                last_state = _state_bytes(runs)
+            if epoch % space.report_every == 0 and not group[0].done:
+                if self.evaluate_from is not None and epoch >= self.evaluate_from:
+                    metrics.update(aggregate([run.evaluate() for run in group]))
+                self.last_state = _state_bytes(runs)
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(
                         Path(tmp) / STATE_FILE,
                         {"runs": [r.state_dict() for r in runs]},
                         before_rename=lambda e=epoch: faults.fire("checkpoint", e),
                     )
-                    report = {**metrics, "history": history, **node_placement()}
-                    if note:
-                        report["checkpoint_fallback"] = note[:500]
-                        note = ""
+                    report = {**metrics, "history": self.history, **node_placement()}
+                    if self.note:
+                        report["checkpoint_fallback"] = self.note[:500]
+                        self.note = ""
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
-                history = []
-    except Exception as exc:
-        raise TrainingFailed(exc, runs[0].epoch, last_state) from exc
-    try:
+                self.history = []
+
+
+def _finish(
+    runs: list[Run],
+    test_time: TestTime | None,
+    history: list[dict[str, float]],
+    evaluated: dict[int, list[TrainResult]],
+) -> Finished:
+    """Fold the votes and evaluate every seed (every test-time variant, then the pick).
+
+    `evaluated` keeps each seed's variants (by seed), so race seeds are evaluated once.
+    """
+    if test_time is None:
         results = [run.finish() for run in runs]
-    except Exception as exc:  # no epoch nor state to name: a retry starts as this attempt did
-        raise TrainingFailed(exc, 0) from exc
+        table = None
+    else:
+        for run in runs:
+            if run.cfg.seed not in evaluated:
+                evaluated[run.cfg.seed] = variants(run, test_time)
+        per_seed = [evaluated[run.cfg.seed] for run in runs]
+        means = [aggregate([seed[i].metrics for seed in per_seed]) for i in range(len(per_seed[0]))]
+        chosen = pick(means, test_time.pick)
+        results = [seed[chosen] for seed in per_seed]
+        table = [
+            {"variant": variant_name(per_seed[0][i].config), "picked": i == chosen, **figures}
+            for i, figures in enumerate(means)
+        ]
     final: dict[str, Any] = aggregate([r.metrics for r in results])
-    final.update({"epoch": runs[0].epoch, "val_accuracy": metrics["val_accuracy"], "final": 1})
+    # The last epoch's validation accuracy of the current weights (before voting), every seed.
+    last = float(sum(r.history[-1]["val_accuracy"] for r in runs) / len(runs))
+    final.update({"epoch": runs[0].epoch, "val_accuracy": last, "final": 1})
+    final["epochs_trained"] = sum(r.epoch for r in runs)
+    final["seed_values"] = json.dumps({r.config.seed: r.metrics for r in results})
+    if test_time is not None:
+        final["test_time_pick"] = variant_name(results[0].config)
+        final["test_time_rule"] = test_time.pick.describe()
     final["history"] = history
-    return Finished(final, results)
+    return Finished(final, results, table)
+
+
+def _race(
+    first: list[Run],
+    space: SearchSpace,
+    test_time: TestTime | None,
+    references: dict[str, dict[int, dict[str, float]]],
+    history: list[dict[str, float]],
+    evaluated: dict[int, list[TrainResult]],
+) -> Finished | None:
+    """Finish the race seeds; a Finished (flagged) when a reference dominates them."""
+    race = space.race
+    assert race is not None
+    done = _finish(first, test_time, history, evaluated)
+    per_seed = {r.config.seed: r.metrics for r in done.results}
+    refs = {label: {int(s): v for s, v in ref.items()} for label, ref in references.items()}
+    by = raced_by(per_seed, refs, space.race_objectives(), race.alpha)
+    if by is None:
+        return None
+    done.metrics.update({"raced_out": 1, "raced_by": by, "seeds_trained": len(first)})
+    return done

@@ -1,0 +1,109 @@
+"""Seed racing: a searched trial trains its first seeds, and the rest only if it can still
+reach the front at its density level.
+
+The rule is a paired test against references trained on the same seeds at the same level
+(the level's baseline arms and the searched trials that ran every seed there, feasible):
+a trial is raced out by a reference R when, on every objective but density, its mean
+paired difference to R on the race seeds is below zero by more than the one-sided
+t bound at level `alpha / n` (n references):
+
+    mean(d) + t(1 - alpha/n, df) * sd / sqrt(k) < 0      (d: trial - R, better = positive)
+
+`sd` is the seed-to-seed spread of a paired difference, pooled over every pair of
+references at the level on all their common seeds (df = the sum of their n - 1), or, with
+fewer than two such seeds, the trial's own differences (df = k - 1). Stated error rate: a
+trial that in truth (mean over seeds) is not dominated by any reference, i.e. is at least
+as good as each on some objective, is raced out with probability at most `alpha`
+(intersection-union test per reference, Bonferroni over references; normal seed noise with
+the pooled spread). References are fixed when the trial is suggested (they travel in its
+config), so a resumed trial decides exactly as it did.
+
+Example:
+    >>> refs = {"moon_auto": {0: {"val/auroc_near": 0.95}, 1: {"val/auroc_near": 0.96}},
+    ...         "sparse": {0: {"val/auroc_near": 0.94}, 1: {"val/auroc_near": 0.94}}}
+    >>> trial = {0: {"val/auroc_near": 0.80}, 1: {"val/auroc_near": 0.79}}
+    >>> raced_by(trial, refs, [("val/auroc_near", "max")], alpha=0.05)
+    'moon_auto'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+# seed -> metric -> value, for one trial or reference
+PerSeed = Mapping[int, Mapping[str, float]]
+
+
+class Race(BaseModel):
+    """A space's racing rule: train `seeds` seeds first, stop at error rate `alpha`."""
+
+    model_config = ConfigDict(extra="forbid")
+    seeds: int = Field(2, ge=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+def _differences(a: PerSeed, b: PerSeed, metric: str, seeds: Sequence[int]) -> list[float]:
+    out = []
+    for s in seeds:
+        x, y = a.get(s, {}).get(metric), b.get(s, {}).get(metric)
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            return []
+        out.append(float(x) - float(y))
+    return out
+
+
+def pooled_spread(references: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
+    """(sd, df) of a paired difference between references, pooled over every pair."""
+    squares, df = 0.0, 0
+    for a, b in combinations(references.values(), 2):
+        common = sorted(set(a) & set(b))
+        d = _differences(a, b, metric, common)
+        if len(d) >= 2:
+            squares += float(np.var(d, ddof=1)) * (len(d) - 1)
+            df += len(d) - 1
+    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+
+
+def raced_by(
+    trial: PerSeed,
+    references: Mapping[str, PerSeed],
+    objectives: Sequence[tuple[str, str]],
+    alpha: float,
+) -> str | None:
+    """The reference that dominates `trial` on its seeds by the rule above, or None.
+
+    `objectives` are (metric, "max" | "min"), density left out (equal at a level).
+    """
+    seeds = sorted(trial)
+    usable = {
+        label: ref
+        for label, ref in references.items()
+        if all(_differences(trial, ref, m, seeds) for m, _ in objectives)
+    }
+    if not usable or not objectives:
+        return None
+    level = alpha / len(usable)
+    spread = {m: pooled_spread(usable, m) for m, _ in objectives}
+    for label, ref in usable.items():
+        dominated = True
+        for metric, mode in objectives:
+            sign = 1.0 if mode == "max" else -1.0
+            d = [sign * v for v in _differences(trial, ref, metric, seeds)]
+            sd, df = spread[metric]
+            if df == 0 or not math.isfinite(sd):
+                if len(d) < 2:
+                    return None  # one seed and no pooled spread: nothing to decide on
+                sd, df = float(np.std(d, ddof=1)), len(d) - 1
+            bound = float(np.mean(d)) + stats.t.ppf(1 - level, df) * sd / math.sqrt(len(d))
+            if not bound < 0:
+                dominated = False
+                break
+        if dominated:
+            return label
+    return None
