@@ -8,9 +8,14 @@ neither raced out nor failed). Hypervolumes are computed from records alone, so 
 file gives the same figures as the run that wrote it.
 
 Example:
-    >>> add_histories([{"trials": [record_of(0, [0.9, 0.1]), record_of(1, [0.5, 0.5])]},
-    ...                {"trials": [record_of(0, [0.7, 0.3])]}], ["maximize", "minimize"])
+    >>> sweeps = [{"trials": [record_of(0, [0.9, 0.1]), record_of(1, [0.5, 0.5])]},
+    ...           {"trials": [record_of(0, [0.7, 0.3])]}]
+    >>> add_histories(sweeps, ["maximize", "minimize"], margin=0.0)  # the nadir
     [0.5, 0.5]
+    >>> [round(v, 6) for v in add_histories(sweeps, ["maximize", "minimize"], margin=0.1)]
+    [0.46, 0.54]
+    >>> round(sweeps[0]["trials"][1]["volume_after"], 6)  # (0.9 - 0.46) x (0.54 - 0.1)
+    0.1936
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from sweep.hypervolume import feasible, hypervolume_history, nadir, volume_after
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.state import load_state, trial_rows
 from sweep.stores import make_storage
+
+# Of each objective's range: how far beyond the nadir the reference point lies.
+REFERENCE_MARGIN = 0.1
 
 
 def trial_cost(
@@ -109,15 +118,37 @@ def counted_study(records: list[dict[str, Any]], directions: list[str]) -> optun
     return study
 
 
-def add_histories(sweeps: list[dict[str, Any]], directions: list[str]) -> list[float] | None:
+def reference_point(
+    studies: list[optuna.Study], directions: list[str], margin: float
+) -> list[float] | None:
+    """The nadir of the studies' counted trials (`sweep.hypervolume.nadir`), pushed out by
+    `margin` x the range of each objective over them (x its magnitude where they all share
+    one value); None when no trial counts.
+
+    With the nadir itself a trial that is the worst on any one objective adds no volume: in
+    the default space every trial at the densest level (density is an objective), and in a
+    sweep cut short, where only that level passes the accuracy constraint, every trial."""
+    try:
+        worst = nadir(studies)
+    except ValueError:
+        return None
+    values = [t.values for s in studies for t in s.get_trials(states=(TrialState.COMPLETE,))]
+    reference = []
+    for i, (w, direction) in enumerate(zip(worst, directions, strict=True)):
+        column = [v[i] for v in values]
+        spread = (max(column) - min(column)) or abs(w)
+        reference.append(w - margin * spread if direction == "maximize" else w + margin * spread)
+    return reference
+
+
+def add_histories(
+    sweeps: list[dict[str, Any]], directions: list[str], margin: float
+) -> list[float] | None:
     """Give every record of every sweep its `cumulative_budget` and `volume_after` (the
     hypervolume once it and the trials before it have ended), with one reference point for
-    all: the nadir of their counted trials, returned (None when no trial counts)."""
+    all (`reference_point`), returned (None when no trial counts: every volume 0)."""
     studies = [counted_study(s["trials"], directions) for s in sweeps]
-    try:
-        reference = nadir(studies)
-    except ValueError:  # no counted trial anywhere: no volume anywhere
-        reference = None
+    reference = reference_point(studies, directions, margin)
     for sweep, study in zip(sweeps, studies, strict=True):
         numbers, volumes = hypervolume_history(study, reference) if reference else ([], [])
         spent = 0

@@ -24,7 +24,10 @@ arm, are left out), counted in Optuna's trial order. A trial's cost is its user 
 failed one. The hypervolume after a budget is that of the trials within it that ran to the
 end, are feasible, and neither raced out (`raced_out`) nor failed (`fail_reason`), from
 Optuna's `plot_hypervolume_history`, with one reference point for every sweep of the run:
-the nadir of those trials (`sweep/hypervolume.py`).
+the nadir of those trials (`sweep/hypervolume.py`) pushed out by `--reference-margin` (0.1)
+times each objective's range over them. At the nadir itself, a trial that is the worst on one
+objective adds no volume: every trial at the densest level (density is an objective), and in
+a sweep cut short, where only that level meets the accuracy constraint, every trial.
 
 Printed, per arm: at 1/4, 1/2, 3/4 and all of random's total budget of the same repetition,
 the hypervolume ratio to random's, mean of the per-repetition ratio with its 95% t interval
@@ -63,7 +66,7 @@ from typing import Any  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
 
-from bench._search import add_histories, sweep_records, volume_at  # noqa: E402
+from bench._search import REFERENCE_MARGIN, add_histories, sweep_records, volume_at  # noqa: E402
 from engine.config import ConfigError  # noqa: E402
 from sweep.orchestrator import SweepOptions, init_ray, start_sweep  # noqa: E402
 from sweep.spaces import SearchSpace, load_space  # noqa: E402
@@ -194,9 +197,11 @@ def _interval(iv: dict[str, float] | None, fmt: str = ".2f") -> str:
     return f"{iv['mean']:{fmt}} [{iv['low']:{fmt}}, {iv['high']:{fmt}}] (n {iv['n']})"
 
 
-def print_tables(figures: dict[str, Any]) -> dict[str, Any]:
-    """Recompute the figures from the trials' records and print both tables; returns them."""
-    figures["reference"] = add_histories(figures["sweeps"], figures["directions"])
+def print_tables(figures: dict[str, Any], margin: float) -> dict[str, Any]:
+    """Recompute the figures from the trials' records (reference point `margin` beyond the
+    nadir) and print both tables; returns them."""
+    figures["reference"] = add_histories(figures["sweeps"], figures["directions"], margin)
+    figures["reference_margin"] = margin
     summary = summarize(figures)
     opts, reference = figures["args"], figures["reference"]
     reps = summary[BASE]["repetitions"]
@@ -206,8 +211,8 @@ def print_tables(figures: dict[str, Any]) -> dict[str, Any]:
     print(
         f"\nsearch on space {opts['space']!r}: {reps} repetition(s), sampler seeds 0-{reps - 1}; "
         f"{sweep['epochs']} epochs x {sweep['seeds']} seeds per trial, random's total budget "
-        f"{base_budget:.0f} epochs x seeds (mean); reference point (nadir of the counted trials) "
-        f"{ref}"
+        f"{base_budget:.0f} epochs x seeds (mean); reference point (nadir of the counted trials "
+        f"+ {margin:g} x their range) {ref}"
     )
     print("\nhypervolume / random's at equal budget (fraction of random's total budget):")
     print("| arm | " + " | ".join(f"{f:g}" for f in FRACTIONS) + " |")
@@ -255,6 +260,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting, all arms"
     )
+    parser.add_argument(
+        "--reference-margin",
+        type=float,
+        default=None,
+        help=f"reference point beyond the nadir, x each objective's range ({REFERENCE_MARGIN}; "
+        "0: the nadir; with --table-from: the file's)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--table-from", type=Path, default=None, help="print the tables of a saved --json run"
@@ -266,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--arms: unknown {', '.join(unknown)}; arms: {', '.join(ARMS)}")
     if BASE not in args.arms:
         parser.error(f"--arms: {BASE} is required, every arm is measured against it")
+    if args.reference_margin is not None and args.reference_margin < 0:
+        parser.error(f"--reference-margin: {args.reference_margin}; 0 or more")
     for flag in ("repeats", "trials", "epochs", "seeds"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -277,8 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
     if args.table_from is not None:
-        print_tables(json.loads(args.table_from.read_text()))
+        figures = json.loads(args.table_from.read_text())
+        margin = args.reference_margin
+        if margin is None:
+            margin = figures.get("reference_margin", REFERENCE_MARGIN)
+        print_tables(figures, margin)
         return 0
+    margin = REFERENCE_MARGIN if args.reference_margin is None else args.reference_margin
     try:
         directions = [o.direction for o in load_space(args.space).objectives]
     except ConfigError as exc:
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     figures: dict[str, Any] = {"args": args_out, "arms": args.arms, "directions": directions}
     figures["sweeps"] = sorted(sweeps, key=lambda s: (s["rep"], args.arms.index(s["arm"])))
-    figures["summary"] = print_tables(figures)
+    figures["summary"] = print_tables(figures, margin)
     figures["wall_s"] = time.perf_counter() - started
     print(f"({figures['wall_s']:.0f} s in all)")
     if args.json:
