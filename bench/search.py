@@ -40,7 +40,7 @@ such a file again, recomputed from its trials, without training.
 
 Run (from the repository root):
     .venv/bin/python bench/search.py --json bench/out/search.json  # 4 arms x 5 repetitions
-    .venv/bin/python bench/search.py --repeats 1 --trials 4 --epochs 6 --seeds 1  # a look
+    .venv/bin/python bench/search.py --repeats 1 --trials 10 --epochs 6 --seeds 2  # a look
 """
 
 from __future__ import annotations
@@ -145,7 +145,10 @@ def summarize(figures: dict[str, Any]) -> dict[str, Any]:
     final hypervolume, per repetition and as intervals."""
     sweeps = {(s["arm"], s["rep"]): s for s in figures["sweeps"]}
     arms = figures["arms"]
-    reps = sorted({s["rep"] for s in figures["sweeps"]})
+    # Repetitions every arm finished (a run cut short leaves a partial last one).
+    reps = sorted(
+        {s["rep"] for s in figures["sweeps"] if all((a, s["rep"]) in sweeps for a in arms)}
+    )
     out: dict[str, Any] = {}
     for arm in arms:
         ratios: dict[str, list[float | None]] = {f"{f:g}": [] for f in FRACTIONS}
@@ -200,6 +203,12 @@ def _interval(iv: dict[str, float] | None, fmt: str = ".2f") -> str:
 def print_tables(figures: dict[str, Any], margin: float) -> dict[str, Any]:
     """Recompute the figures from the trials' records (reference point `margin` beyond the
     nadir) and print both tables; returns them."""
+    done = {(s["arm"], s["rep"]) for s in figures["sweeps"]}
+    if not any(all((a, r) in done for a in figures["arms"]) for _, r in done):
+        print("no repetition was finished by every arm: nothing to compare")
+        return {}
+    if figures.get("partial"):
+        print(f"(a run cut short: {len(figures['sweeps'])} sweeps; complete repetitions only)")
     figures["reference"] = add_histories(figures["sweeps"], figures["directions"], margin)
     figures["reference_margin"] = margin
     summary = summarize(figures)
@@ -291,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
     if args.table_from is not None:
-        figures = json.loads(args.table_from.read_text())
+        try:
+            figures = json.loads(args.table_from.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: --table-from {args.table_from}: {exc}", file=sys.stderr)
+            return 2
         margin = args.reference_margin
         if margin is None:
             margin = figures.get("reference_margin", REFERENCE_MARGIN)
@@ -303,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    args_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    header: dict[str, Any] = {"args": args_out, "arms": args.arms, "directions": directions}
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-search-"))
     sweeps: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -319,30 +334,36 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 sweeps.append(run_sweep(workdir, arm, rep, args))
-                done = sweeps[-1]
+                done, elapsed = sweeps[-1], time.perf_counter() - started
+                left = elapsed / len(sweeps) * (total - len(sweeps))
                 print(
                     f"[bench]   {len(done['trials'])} trials, "
                     f"{sum(t['budget'] for t in done['trials'])} epochs x seeds, "
-                    f"{done['wall_s']:.0f} s",
+                    f"{done['wall_s']:.0f} s; about {left / 60:.0f} min to go",
                     file=sys.stderr,
                     flush=True,
                 )
+                if args.json:  # so far: a run cut short keeps its finished sweeps
+                    write_json(args.json, {**header, "sweeps": sweeps, "partial": True})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    args_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    figures: dict[str, Any] = {"args": args_out, "arms": args.arms, "directions": directions}
+    figures: dict[str, Any] = dict(header)
     figures["sweeps"] = sorted(sweeps, key=lambda s: (s["rep"], args.arms.index(s["arm"])))
     figures["summary"] = print_tables(figures, margin)
     figures["wall_s"] = time.perf_counter() - started
     print(f"({figures['wall_s']:.0f} s in all)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
     return 0
+
+
+def write_json(path: Path, figures: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
