@@ -1,35 +1,46 @@
-"""Search efficiency: hypervolume reached at equal training budget, project search vs random.
+"""Search efficiency: hypervolume per training budget, each sampler against random search.
 
 Runs real sweeps (embedded Ray, MLflow and Optuna on SQLite in a temporary work directory)
-of the `default` space, cut to `--epochs` epochs and `--seeds` seeds, in three arms:
+of the `default` space (its trials, epochs and seeds unless `--trials`, `--epochs`,
+`--seeds` cut them), one per arm and repetition. An arm is a sampler on that space:
 
-- `tpe+asha`: the project's search, Optuna's TPE sampler (the space's settings) with ASHA
-  early stopping (`val_accuracy`, reduction factor 2, deciding once the mask has frozen);
-  it is given `--extra` times as many trials, since stopped trials cost fewer epochs;
-- `tpe`: the same sampler without early stopping (the default space as shipped);
-- `random`: Optuna's RandomSampler, no early stopping, `--trials` trials.
+- `tpe`: Optuna's TPESampler (the space's start-up trials);
+- `gp`: Optuna's GPSampler (constrained, multi-objective; the same start-up trials);
+- `nsga2`: Optuna's NSGAIISampler;
+- `random`: Optuna's RandomSampler, the arm every other is measured against;
+- `tpe+asha` (optional, `--arms`): TPE with ASHA early stopping on `val_accuracy`
+  (reduction factor 2, deciding once the mask has frozen) and `--extra` times the trials.
 
-Each arm runs `--repeats` times with sampler seeds 0, 1, ..., the same in every arm: TPE's
-start-up trials (6 in the space) are exactly the random arm's first trials, so the arms are
-paired and can differ only from TPE's first model-guided trial on. Every sweep also trains
-the three baselines (the same in every arm, so left out of the budget). The budget is counted
-in training epochs (per seed) of the searched trials, in the order Optuna numbered them;
-a stopped trial counts the epochs it trained. The hypervolume after a budget is that of the
-feasible trials within it that ran to the end (early-stopped ones are COMPLETE in Optuna, with
-mid-training figures, and left out: `sweep.state.ran_to_end`; Optuna's
-`plot_hypervolume_history` values), with one
-reference point for every sweep: the nadir of all their complete feasible trials (per
-objective the worst value; see `sweep/hypervolume.py`).
+Everything else (baselines, constraints, test-time variants, seed racing, early stopping of
+the space) is the space's own, the same in every arm. Repetition r gives every arm sampler
+seed r: the arms are paired (TPE's and GP's start-up trials are random's first draws), and
+the arms' order rotates from one repetition to the next so that the machine's noise falls on
+all alike.
 
-Printed: per arm the hypervolume at budgets of 1/4, 1/2, 3/4 and all of the random arm's
-(`--trials` x `--epochs`), as a percentage of the hypervolume of every sweep's feasible
-trials pooled, mean +- sd over the repetitions and the ratio to random, plus the trials run
-and stopped. `--json` writes every trial's figures; `--table-from FILE` prints the table of
-such a file again without training.
+The budget is epochs x seeds trained by the searched trials (the baselines, the same in every
+arm, are left out), counted in Optuna's trial order. A trial's cost is its user attr
+`epochs_trained` when it has one; else epochs x seeds for a trial run to the end,
+`stopped_at_epoch` x seeds for an early-stopped one, and its last logged epoch x seeds for a
+failed one. The hypervolume after a budget is that of the trials within it that ran to the
+end, are feasible, and neither raced out (`raced_out`) nor failed (`fail_reason`), from
+Optuna's `plot_hypervolume_history`, with one reference point for every sweep of the run:
+the nadir of those trials (`sweep/hypervolume.py`) pushed out by `--reference-margin` (0.1)
+times each objective's range over them. At the nadir itself, a trial that is the worst on one
+objective adds no volume: every trial at the densest level (density is an objective), and in
+a sweep cut short, where only that level meets the accuracy constraint, every trial.
+
+Printed, per arm: at 1/4, 1/2, 3/4 and all of random's total budget of the same repetition,
+the hypervolume ratio to random's, mean of the per-repetition ratio with its 95% t interval
+over repetitions (a repetition where random has no volume yet is left out, n says how many
+count); and the budget, as a fraction of random's total, at which the arm first reaches
+random's final hypervolume of the same repetition: the median over repetitions (one that
+never reaches it counts as never), the mean and 95% t interval over those that reached it, and
+how many did. `--json` writes every trial's figures; `--table-from FILE` prints the tables of
+such a file again, recomputed from its trials, without training.
 
 Run (from the repository root):
-    .venv/bin/python bench/search.py                      # 9 sweeps, 6-19 min on 2 cores
-    .venv/bin/python bench/search.py --repeats 1 --trials 4 --epochs 12 --seeds 1  # quick look
+    .venv/bin/python bench/search.py --json bench/out/search.json  # 4 arms x 5 repetitions
+    .venv/bin/python bench/search.py --repeats 1 --trials 10 --epochs 6 --seeds 2  # a look
 """
 
 from __future__ import annotations
@@ -38,218 +49,322 @@ import sys
 from pathlib import Path
 
 # `python bench/search.py` puts bench/ first on sys.path, where bench/sweep.py would shadow
-# the project's `sweep` package; drop that entry.
+# the project's `sweep` package; drop that entry. The repository root goes first instead, for
+# `sweep` and `bench._search`.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import numpy as np  # noqa: E402
+import ray  # noqa: E402
 import yaml  # noqa: E402
 
-ARMS = ("tpe+asha", "tpe", "random")
+from bench._search import REFERENCE_MARGIN, add_histories, sweep_records, volume_at  # noqa: E402
+from engine.config import ConfigError  # noqa: E402
+from sweep.orchestrator import SweepOptions, init_ray, start_sweep  # noqa: E402
+from sweep.spaces import SearchSpace, load_space  # noqa: E402
+from sweep.stats import t_interval  # noqa: E402
+from sweep.stores import quiet_libraries  # noqa: E402
+
+ARMS = ("tpe", "gp", "nsga2", "random", "tpe+asha")
+DEFAULT_ARMS = ("tpe", "gp", "nsga2", "random")
+BASE = "random"  # the arm every other is measured against
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+# Volumes of the same front computed twice differ by rounding at most.
+REACHED = 1 - 1e-9
 
 
-def arm_space(arm: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    from sweep.spaces import load_space
-
-    space = load_space("default").model_dump(mode="json")
-    space["set"] = {**space["set"], "epochs": args.epochs}
-    space["seeds"] = list(range(args.seeds))
-    space["report_every"] = 1  # ASHA decides at its rung, not at the next report
-    sampler = space["sampler"]
-    if arm == "random":
-        # The same seed: TPE's start-up trials are these random draws, so the arms are paired
-        # and differ from TPE's first model-guided trial on.
-        space["sampler"] = {**sampler, "name": "random", "seed": seed}
-    else:
-        space["sampler"] = {**sampler, "seed": seed}
-    trials = math.ceil(args.trials * args.extra) if arm == "tpe+asha" else args.trials
-    space["budget"] = {**space["budget"], "trials": trials}
-    space["early_stopping"] = (
-        {"metric": "val_accuracy", "mode": "max", "reduction_factor": 2.0}
-        if arm == "tpe+asha"
-        else None
-    )
-    return space
+def arm_space(arm: str, space: SearchSpace, seed: int, seeds: int | None) -> dict[str, Any]:
+    """The space file of `arm` in the repetition with sampler seed `seed`."""
+    data = space.model_dump(mode="json")
+    if space.source_dir and (Path(space.source_dir) / space.base).is_file():
+        # The file is written elsewhere: a `base` file beside the space goes by its full path.
+        data["base"] = str((Path(space.source_dir) / space.base).resolve())
+    data["sampler"] = {**data["sampler"], "name": arm.split("+")[0], "seed": seed}
+    if seeds is not None:
+        data["seeds"] = list(range(seeds))
+    if arm == "tpe+asha":
+        data["early_stopping"] = {"metric": "val_accuracy", "mode": "max", "reduction_factor": 2}
+        data["report_every"] = 1  # ASHA decides at its rung, not at the next report
+    return data
 
 
-def run_sweep(workdir: Path, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from sweep.orchestrator import SweepOptions, start_sweep
-    from sweep.state import load_state, trial_rows
-
-    name = f"{arm.replace('+', '-')}-r{seed}"
+def run_sweep(workdir: Path, arm: str, rep: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one arm's sweep of repetition `rep`; its searched trials in Optuna's order."""
+    name = f"{arm.replace('+', '-')}-r{rep}"
     space_file = workdir / f"{name}.yaml"
-    space_file.write_text(yaml.safe_dump(arm_space(arm, args, seed), sort_keys=False))
+    data = arm_space(arm, load_space(args.space), rep, args.seeds)
+    space_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    trials = args.trials if args.trials is not None else data["budget"]["trials"]
+    if arm == "tpe+asha":
+        trials = math.ceil(trials * args.extra)
     started = time.perf_counter()
-    summary = start_sweep(SweepOptions(space=str(space_file), name=name, workdir=str(workdir)))
+    summary = start_sweep(
+        SweepOptions(
+            space=str(space_file),
+            name=name,
+            workdir=str(workdir),
+            trials=trials,
+            epochs=args.epochs,
+            settings=args.set,
+        )
+    )
+    wall = time.perf_counter() - started
     if summary["status"] != "finished":
         raise RuntimeError(f"sweep {name} did not finish: {summary}")
-    state, _ = load_state(name, workdir)
-    searched = sorted(
-        (r for r in trial_rows(state) if r["arm"] == "search"), key=lambda r: r["optuna"]
-    )
+    records, epochs, seeds = sweep_records(name, workdir)
     return {
         "arm": arm,
-        "seed": seed,
-        "name": name,
-        "storage": state.storage_url,
-        "wall_s": time.perf_counter() - started,
-        "trials": [
-            {"optuna": r["optuna"], "state": r["state"], "epochs": int(r["epochs"] or 0)}
-            for r in searched
-        ],
+        "rep": rep,
+        "sampler_seed": rep,
+        "wall_s": wall,
+        "epochs": epochs,
+        "seeds": seeds,
+        "trials": records,
     }
 
 
-def volume_at(sweep: dict[str, Any], budget: float) -> float:
-    """Hypervolume of the trials, in Optuna's order, whose cumulative epochs fit `budget`."""
-    from sweep.hypervolume import volume_after
-
-    spent, last = 0, -1
-    for trial in sweep["trials"]:
-        spent += trial["epochs"]
-        if spent > budget:
-            break
-        last = trial["optuna"]
-    return volume_after(sweep["numbers"], sweep["volumes"], last)
+# -- figures, from the trials' records alone (a live run and --table-from alike) ----------------
+def first_reaching(records: list[dict[str, Any]], target: float) -> float | None:
+    """The cumulative budget at which the records' hypervolume first reaches `target`."""
+    for t in records:
+        if t["volume_after"] >= target * REACHED:
+            return float(t["cumulative_budget"])
+    return None
 
 
-def pooled_volume(sweeps: list[dict[str, Any]], reference: list[float]) -> float:
-    """Hypervolume of every feasible trial of every sweep together: the table's 100%."""
-    import optuna
-
-    from sweep.hypervolume import hypervolume_history
-    from sweep.spaces import load_space
-
-    directions = [o.direction for o in load_space("default").objectives]
-    pooled = optuna.create_study(directions=directions)
-    for sweep in sweeps:
-        for point in sweep["points"]:
-            if point["feasible"]:
-                pooled.add_trial(optuna.trial.create_trial(values=point["values"]))
-    volumes = hypervolume_history(pooled, reference)[1]
-    return volumes[-1] if volumes else 0.0
-
-
-def print_table(figures: dict[str, Any]) -> dict[str, Any]:
-    """The markdown table of hypervolume at equal budget; returns its numbers."""
-    opts, sweeps, reference = figures["args"], figures["sweeps"], figures["reference"]
-    budget = opts["trials"] * opts["epochs"]
-    full = pooled_volume(sweeps, reference)
-    rows = {}
-    for arm in ARMS:
-        mine = [s for s in sweeps if s["arm"] == arm]
-        rows[arm] = {
-            "volumes": [[volume_at(s, f * budget) for s in mine] for f in FRACTIONS],
-            "trials": float(np.mean([len(s["trials"]) for s in mine])),
-            "stopped": float(
-                np.mean([sum(t["state"] == "stopped" for t in s["trials"]) for s in mine])
-            ),
-            "epochs": float(np.mean([sum(t["epochs"] for t in s["trials"]) for s in mine])),
-        }
-    print(
-        f"\nhypervolume at equal budget, % of the pooled front's ({full:.4g}): "
-        f"{opts['repeats']} repetitions, sampler seeds 0-{opts['repeats'] - 1}; "
-        f"{opts['epochs']} epochs x {opts['seeds']} seeds per trial; reference = feasible "
-        f"nadir {', '.join(f'{v:.4g}' for v in reference)}"
+def summarize(figures: dict[str, Any]) -> dict[str, Any]:
+    """Per arm: ratios to random at each budget fraction, and the budget reaching random's
+    final hypervolume, per repetition and as intervals."""
+    sweeps = {(s["arm"], s["rep"]): s for s in figures["sweeps"]}
+    arms = figures["arms"]
+    # Repetitions every arm finished (a run cut short leaves a partial last one).
+    reps = sorted(
+        {s["rep"] for s in figures["sweeps"] if all((a, s["rep"]) in sweeps for a in arms)}
     )
-    heads = [f"{f * budget:.0f} ep (= {f * opts['trials']:g} trials)" for f in FRACTIONS]
-    print("| arm | " + " | ".join(heads) + " | trials run (stopped) | epochs used |")
-    print("|---|" + "---:|" * (len(FRACTIONS) + 2))
-    random_means = [np.mean(v) for v in rows["random"]["volumes"]]
-    for arm in ARMS:
-        row = rows[arm]
-        cells = []
-        for volumes, base in zip(row["volumes"], random_means, strict=True):
-            ratio = f" ({np.mean(volumes) / base:.2f}x)" if base > 0 and arm != "random" else ""
-            pct = 100 * np.asarray(volumes) / full if full > 0 else np.zeros(len(volumes))
-            cells.append(f"{pct.mean():.1f} +- {pct.std():.1f}{ratio}")
+    out: dict[str, Any] = {}
+    for arm in arms:
+        ratios: dict[str, list[float | None]] = {f"{f:g}": [] for f in FRACTIONS}
+        reach: list[float | None] = []
+        for rep in reps:
+            mine, base = sweeps[(arm, rep)], sweeps[(BASE, rep)]
+            total = sum(t["budget"] for t in base["trials"])
+            for f in FRACTIONS:
+                theirs = volume_at(base["trials"], f * total)
+                mine_v = volume_at(mine["trials"], f * total)
+                ratios[f"{f:g}"].append(mine_v / theirs if theirs > 0 else None)
+            final = volume_at(base["trials"], total)
+            spent = first_reaching(mine["trials"], final) if final > 0 else None
+            reach.append(spent / total if spent is not None and total > 0 else None)
+        reached = [r for r in reach if r is not None]
+        # The median over every repetition, one that never reached it ranking last.
+        ranked = sorted(r if r is not None else math.inf for r in reach)
+        median = statistics.median(ranked) if ranked else math.inf
+        trials = [sweeps[(arm, rep)]["trials"] for rep in reps]
+        out[arm] = {
+            "ratio": ratios,
+            "ratio_interval": {
+                f: t_interval([r for r in v if r is not None]).as_dict()
+                if any(r is not None for r in v)
+                else None
+                for f, v in ratios.items()
+            },
+            "reach_fraction": reach,
+            "reach_median": None if math.isinf(median) else median,  # None: never
+            "reach_interval": t_interval(reached).as_dict() if reached else None,
+            "reached": len(reached),
+            "repetitions": len(reps),
+            "trials_mean": statistics.mean(len(ts) for ts in trials),
+            "failed_mean": statistics.mean(
+                sum(t["state"] == "FAIL" or bool(t["fail_reason"]) for t in ts) for ts in trials
+            ),
+            "raced_out_mean": statistics.mean(sum(t["raced_out"] for t in ts) for ts in trials),
+            "stopped_mean": statistics.mean(sum(t["early_stopped"] for t in ts) for ts in trials),
+            "budget_mean": statistics.mean(sum(t["budget"] for t in ts) for ts in trials),
+        }
+    return out
+
+
+def _interval(iv: dict[str, float] | None, fmt: str = ".2f") -> str:
+    if iv is None:
+        return "n/a (n 0)"
+    if math.isnan(iv["low"]):
+        return f"{iv['mean']:{fmt}} (n {iv['n']})"
+    return f"{iv['mean']:{fmt}} [{iv['low']:{fmt}}, {iv['high']:{fmt}}] (n {iv['n']})"
+
+
+def print_tables(figures: dict[str, Any], margin: float) -> dict[str, Any]:
+    """Recompute the figures from the trials' records (reference point `margin` beyond the
+    nadir) and print both tables; returns them."""
+    done = {(s["arm"], s["rep"]) for s in figures["sweeps"]}
+    if not any(all((a, r) in done for a in figures["arms"]) for _, r in done):
+        print("no repetition was finished by every arm: nothing to compare")
+        return {}
+    if figures.get("partial"):
+        print(f"(a run cut short: {len(figures['sweeps'])} sweeps; complete repetitions only)")
+    figures["reference"] = add_histories(figures["sweeps"], figures["directions"], margin)
+    figures["reference_margin"] = margin
+    summary = summarize(figures)
+    opts, reference = figures["args"], figures["reference"]
+    reps = summary[BASE]["repetitions"]
+    base_budget = summary[BASE]["budget_mean"]
+    ref = ", ".join(f"{v:.4g}" for v in reference) if reference else "none (no counted trial)"
+    sweep = figures["sweeps"][0]
+    print(
+        f"\nsearch on space {opts['space']!r}: {reps} repetition(s), sampler seeds 0-{reps - 1}; "
+        f"{sweep['epochs']} epochs x {sweep['seeds']} seeds per trial, random's total budget "
+        f"{base_budget:.0f} epochs x seeds (mean); reference point (nadir of the counted trials "
+        f"+ {margin:g} x their range) {ref}"
+    )
+    print("\nhypervolume / random's at equal budget (fraction of random's total budget):")
+    print("| arm | " + " | ".join(f"{f:g}" for f in FRACTIONS) + " |")
+    print("|---|" + "---:|" * len(FRACTIONS))
+    for arm, row in summary.items():
+        cells = [_interval(row["ratio_interval"][f"{f:g}"]) for f in FRACTIONS]
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+    print(
+        "(mean of the per-repetition ratio, [95% t interval over repetitions]; n: repetitions "
+        "where random had volume at that budget)"
+    )
+    print("\nbudget to reach random's final hypervolume (fraction of random's total budget):")
+    print(
+        "| arm | median | mean [95% t interval] of those that reached it | reached | trials "
+        "| failed | raced out | stopped | budget used / random's |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for arm, row in summary.items():
+        median = row["reach_median"]
+        median_s = "never" if median is None else f"{median:.2f}"
+        used = row["budget_mean"] / base_budget if base_budget else math.nan
         print(
-            f"| {arm} | "
-            + " | ".join(cells)
-            + f" | {row['trials']:.0f} ({row['stopped']:.1f}) | {row['epochs']:.0f} |"
+            f"| {arm} | {median_s} | {_interval(row['reach_interval'])} "
+            f"| {row['reached']}/{row['repetitions']} | {row['trials_mean']:.1f} "
+            f"| {row['failed_mean']:.1f} | {row['raced_out_mean']:.1f} "
+            f"| {row['stopped_mean']:.1f} | {used:.2f} |"
         )
-    print("(mean +- sd over the repetitions; in brackets the ratio to random's mean)")
-    return {"pooled_volume": full, "rows": rows}
+    print("(trials, failed, raced out, stopped, budget: means over repetitions)")
+    return summary
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=12, help="random and tpe arms' trials")
+    parser.add_argument("--space", default="default", help="the space every arm searches")
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions (sampler seeds)")
+    parser.add_argument(
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+        help=f"comma-separated, among {', '.join(ARMS)}; random is required",
+    )
+    parser.add_argument("--trials", type=int, default=None, help="searched trials (the space's)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (the space's)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (the space's)")
     parser.add_argument("--extra", type=float, default=1.5, help="tpe+asha gets this x trials")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting, all arms"
+    )
+    parser.add_argument(
+        "--reference-margin",
+        type=float,
+        default=None,
+        help=f"reference point beyond the nadir, x each objective's range ({REFERENCE_MARGIN}; "
+        "0: the nadir; with --table-from: the file's)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
-        "--table-from", type=Path, default=None, help="print the table of a saved --json run"
+        "--table-from", type=Path, default=None, help="print the tables of a saved --json run"
     )
-    args = parser.parse_args()
-    from sweep.orchestrator import init_ray
-    from sweep.stores import quiet_libraries
+    args = parser.parse_args(argv)
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        parser.error(f"--arms: unknown {', '.join(unknown)}; arms: {', '.join(ARMS)}")
+    if BASE not in args.arms:
+        parser.error(f"--arms: {BASE} is required, every arm is measured against it")
+    if args.reference_margin is not None and args.reference_margin < 0:
+        parser.error(f"--reference-margin: {args.reference_margin}; 0 or more")
+    for flag in ("repeats", "trials", "epochs", "seeds"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag}: {value}; at least 1")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     quiet_libraries()
     if args.table_from is not None:
-        print_table(json.loads(args.table_from.read_text()))
-        return
-
-    import optuna
-    import ray
-
-    from sweep.hypervolume import feasible, hypervolume_history, nadir
-    from sweep.state import ran_to_end
-    from sweep.stores import make_storage
-
+        try:
+            figures = json.loads(args.table_from.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: --table-from {args.table_from}: {exc}", file=sys.stderr)
+            return 2
+        margin = args.reference_margin
+        if margin is None:
+            margin = figures.get("reference_margin", REFERENCE_MARGIN)
+        print_tables(figures, margin)
+        return 0
+    margin = REFERENCE_MARGIN if args.reference_margin is None else args.reference_margin
+    try:
+        directions = [o.direction for o in load_space(args.space).objectives]
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    header: dict[str, Any] = {"args": args_out, "arms": args.arms, "directions": directions}
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-search-"))
     sweeps: list[dict[str, Any]] = []
     started = time.perf_counter()
+    total = args.repeats * len(args.arms)
     try:
         init_ray(None)
-        total = args.repeats * len(ARMS)
-        for seed in range(args.repeats):
-            for arm in ARMS:
-                sweeps.append(run_sweep(workdir, arm, seed, args))
-                done = sweeps[-1]
+        for rep in range(args.repeats):
+            k = rep % len(args.arms)  # rotated: the machine's noise falls on every arm alike
+            for arm in args.arms[k:] + args.arms[:k]:
                 print(
-                    f"[bench] {len(sweeps)}/{total} {arm} seed {seed}: "
-                    f"{len(done['trials'])} trials, {done['wall_s']:.0f} s "
-                    f"({time.perf_counter() - started:.0f} s in all)",
+                    f"[bench] sweep {len(sweeps) + 1}/{total}: {arm}, repetition {rep} "
+                    f"({time.perf_counter() - started:.0f} s elapsed)",
                     file=sys.stderr,
+                    flush=True,
                 )
-        studies = [
-            # Only trials that ran to the end count (early-stopped ones are COMPLETE in Optuna).
-            ran_to_end(
-                optuna.load_study(study_name=s.pop("name"), storage=make_storage(s.pop("storage")))
-            )
-            for s in sweeps
-        ]
-        reference = nadir(studies)
-        for sweep, study in zip(sweeps, studies, strict=True):
-            sweep["numbers"], sweep["volumes"] = hypervolume_history(study, reference)
-            sweep["points"] = [  # to recompute with another reference point
-                {"optuna": t.number, "values": t.values, "feasible": feasible(t)}
-                for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            ]
+                sweeps.append(run_sweep(workdir, arm, rep, args))
+                done, elapsed = sweeps[-1], time.perf_counter() - started
+                left = elapsed / len(sweeps) * (total - len(sweeps))
+                print(
+                    f"[bench]   {len(done['trials'])} trials, "
+                    f"{sum(t['budget'] for t in done['trials'])} epochs x seeds, "
+                    f"{done['wall_s']:.0f} s; about {left / 60:.0f} min to go",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if args.json:  # so far: a run cut short keeps its finished sweeps
+                    write_json(args.json, {**header, "sweeps": sweeps, "partial": True})
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-
-    figures = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    figures.update(reference=reference, sweeps=sweeps)
-    figures.update(print_table(figures))
-    print(f"({time.perf_counter() - started:.0f} s in all)")
+    figures: dict[str, Any] = dict(header)
+    figures["sweeps"] = sorted(sweeps, key=lambda s: (s["rep"], args.arms.index(s["arm"])))
+    figures["summary"] = print_tables(figures, margin)
+    figures["wall_s"] = time.perf_counter() - started
+    print(f"({figures['wall_s']:.0f} s in all)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
+    return 0
+
+
+def write_json(path: Path, figures: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,17 +1,28 @@
-"""Orchestration overhead of a sweep: wall time against the ideal (sum of trial times / C).
+"""Wall time and orchestration overhead of a sweep; two spaces side by side with `--compare`.
 
-Runs a real sweep (embedded Ray, MLflow and Optuna on SQLite in a temporary work directory)
-and prints a markdown table: wall time, Ray start-up, the trials' own training time summed,
-the concurrency C, and the overhead ratio wall / (sum of trial times / C), with and without
-Ray's start-up. Target of the project: at most 1.25 for the default sweep on 2 cores.
+Runs real sweeps (embedded Ray, MLflow and Optuna on SQLite in a temporary work directory).
+For each it prints wall time, Ray's start-up, the trials' own training time summed, the
+concurrency C and the overhead ratio wall / (sum of trial times / C), with and without Ray's
+start-up (target of the project: at most 1.25 for the default sweep on 2 cores), and its
+searched trials: how many failed (Optuna FAIL, or a `fail_reason`), raced out, stopped early.
+
+`--compare OLD NEW` runs the two spaces one after the other in the same invocation (order
+alternating from one `--repeats` repetition to the next, so the machine's drift falls on both
+alike), each with a fresh Ray as a user's `moonsweep run` would have, and adds the ratio of
+wall times NEW / OLD and each one's final hypervolume over the same reference point (the
+nadir of both sweeps' finished, feasible trials that neither raced out nor failed, pushed
+out by `--reference-margin` times each objective's range; see `bench/_search.py`).
+`bench/spaces/default-before-14.yaml` is the default space as it was at the start of
+issue 14.
 
 Trial time is Ray's `time_total_s` of each trial (its function running: data, training of
 every seed, evaluation, reports, checkpoints). Everything else (Ray scheduling, actor
 start, the searcher, MLflow logging, the experiment checkpoints) is overhead.
 
 Run (from the repository root):
-    .venv/bin/python bench/sweep.py                         # the default sweep (~5 min)
+    .venv/bin/python bench/sweep.py                         # the default sweep
     .venv/bin/python bench/sweep.py --trials 4 --epochs 10  # a quick look
+    .venv/bin/python bench/sweep.py --compare bench/spaces/default-before-14.yaml default
 """
 
 from __future__ import annotations
@@ -20,42 +31,50 @@ import sys
 from pathlib import Path
 
 # `python bench/sweep.py` puts bench/ first on sys.path, where this file would shadow the
-# project's `sweep` package; drop that entry.
+# project's `sweep` package; drop that entry. The repository root goes first instead, for
+# `sweep` and `bench._search`.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import ray  # noqa: E402
+from ray.tune import ExperimentAnalysis  # noqa: E402
+
+from bench._search import (  # noqa: E402
+    REFERENCE_MARGIN,
+    add_histories,
+    final_volume,
+    sweep_records,
+)
+from engine.config import ConfigError  # noqa: E402
+from sweep.orchestrator import SweepOptions, init_ray, start_sweep  # noqa: E402
+from sweep.spaces import load_space  # noqa: E402
+from sweep.stores import quiet_libraries  # noqa: E402
+
+TARGET_OVERHEAD = 1.25
+TARGET_WALL_RATIO = 0.60  # issue 14: the new default sweep against the one at its start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--space", default="default")
-    parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--max-concurrent", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-
-    import ray
-    from ray.tune import ExperimentAnalysis
-
-    from sweep.orchestrator import SweepOptions, init_ray, start_sweep
-    from sweep.stores import quiet_libraries
-
-    quiet_libraries()
+def run_one(space: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One sweep of `space` with a fresh Ray; its timings and its searched trials."""
     workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-"))
+    name = f"bench{index}"
     try:
         started = time.perf_counter()
         init_ray(None)
         ray_start = time.perf_counter() - started
         summary = start_sweep(
             SweepOptions(
-                space=args.space,
-                name="bench",
+                space=space,
+                name=name,
                 workdir=str(workdir),
                 trials=args.trials,
                 epochs=args.epochs,
@@ -63,47 +82,162 @@ def main() -> None:
             )
         )
         wall = time.perf_counter() - started
+        if summary["status"] != "finished":
+            raise RuntimeError(f"sweep of {space} did not finish: {summary}")
         folder = Path(summary["folder"])
         state = json.loads((folder / "sweep.json").read_text())
         concurrency = state["space"]["budget"]["max_concurrent"]
         trials = ExperimentAnalysis(str(folder / "ray")).trials
         trial_times = [float((t.last_result or {}).get("time_total_s", 0.0)) for t in trials]
+        records, epochs, seeds = sweep_records(name, workdir)
     finally:
-        ray.shutdown()
+        ray.shutdown()  # the next sweep starts its own Ray, as a user's next run would
         shutil.rmtree(workdir, ignore_errors=True)
-
     ideal = sum(trial_times) / concurrency
-    figures = {
-        "space": args.space,
+    return {
+        "space": space,
         "trials": len(trials),
+        "searched": len(records),
+        "failed": sum(r["state"] == "FAIL" or bool(r["fail_reason"]) for r in records),
+        "raced_out": sum(r["raced_out"] for r in records),
+        "early_stopped": sum(r["early_stopped"] for r in records),
+        "epochs": epochs,
+        "seeds": seeds,
         "concurrency": concurrency,
-        "cpus": ray_cpus(),
+        "cpus": float(os.cpu_count() or 1),
         "wall_s": wall,
         "ray_start_s": ray_start,
         "sum_trial_s": sum(trial_times),
         "ideal_s": ideal,
         "overhead": wall / ideal,
         "overhead_after_start": (wall - ray_start) / ideal,
+        "records": records,
     }
-    print(f"sweep {args.space}: {len(trials)} trials (baselines included), C = {concurrency}")
-    print("| wall s | Ray start s | sum of trial s | ideal s (sum / C) | overhead | w/o start |")
-    print("|---:|---:|---:|---:|---:|---:|")
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    """One table row per sweep, in the order they ran."""
     print(
-        f"| {wall:.1f} | {ray_start:.1f} | {sum(trial_times):.1f} | {ideal:.1f} "
-        f"| {figures['overhead']:.2f} | {figures['overhead_after_start']:.2f} |"
+        "| # | space | trials (searched) | failed | raced out | stopped | wall s | Ray start s "
+        "| sum of trial s | C | ideal s (sum / C) | overhead | w/o start |"
     )
-    verdict = "met" if figures["overhead"] <= 1.25 else "NOT met"
-    print(f"target: overhead <= 1.25 -> {figures['overhead']:.2f}, {verdict}")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, r in enumerate(runs):
+        print(
+            f"| {i} | {r['space']} | {r['trials']} ({r['searched']}) | {r['failed']} "
+            f"| {r['raced_out']} | {r['early_stopped']} | {r['wall_s']:.1f} "
+            f"| {r['ray_start_s']:.1f} | {r['sum_trial_s']:.1f} | {r['concurrency']} "
+            f"| {r['ideal_s']:.1f} | {r['overhead']:.2f} | {r['overhead_after_start']:.2f} |"
+        )
+
+
+def compare(runs: list[dict[str, Any]], old: str, new: str, margin: float) -> dict[str, Any]:
+    """Wall ratio new / old (per repetition and median), the final hypervolumes over one
+    reference point (`margin` beyond the nadir), and the overhead of each; printed."""
+    directions = {
+        space: [o.direction for o in load_space(space).objectives] for space in (old, new)
+    }
+    figures: dict[str, Any] = {}
+    if directions[old] == directions[new]:
+        figures["reference"] = add_histories(
+            [{"trials": r["records"]} for r in runs], directions[new], margin
+        )
+        for r in runs:
+            r["final_volume"] = final_volume(r["records"])
+    else:
+        figures["reference"] = None
+        print(f"(the spaces' objectives differ, {old} vs {new}: no shared hypervolume)")
+    olds = [r for r in runs if r["space"] == old]
+    news = [r for r in runs if r["space"] == new]
+    ratios = [n["wall_s"] / o["wall_s"] for o, n in zip(olds, news, strict=True)]
+    figures["wall_ratio"] = ratios
+    figures["wall_ratio_median"] = statistics.median(ratios)
+    print(f"\n{new} vs {old}, {len(ratios)} repetition(s), order alternating:")
+    print("| space | wall s (median) | final hypervolume (median) | overhead (median) |")
+    print("|---|---:|---:|---:|")
+    for space, mine in ((old, olds), (new, news)):
+        volume = (
+            f"{statistics.median(r['final_volume'] for r in mine):.4g}"
+            if figures["reference"] is not None
+            else "n/a"
+        )
+        print(
+            f"| {space} | {statistics.median(r['wall_s'] for r in mine):.1f} | {volume} "
+            f"| {statistics.median(r['overhead'] for r in mine):.2f} |"
+        )
+    ref = figures["reference"]
+    print(
+        f"wall ratio new / old: {figures['wall_ratio_median']:.2f} (median; per repetition "
+        + ", ".join(f"{x:.2f}" for x in ratios)
+        + f"); hypervolume reference point (nadir of both + {margin:g} x range): "
+        + (", ".join(f"{v:.4g}" for v in ref) if ref else "none")
+    )
+    if ref is not None:
+        larger = [n["final_volume"] >= o["final_volume"] for o, n in zip(olds, news, strict=True)]
+        figures["volume_at_least_old"] = larger
+        print(
+            f"target: wall ratio <= {TARGET_WALL_RATIO} -> {figures['wall_ratio_median']:.2f}, "
+            f"{'met' if figures['wall_ratio_median'] <= TARGET_WALL_RATIO else 'NOT met'}; "
+            f"final hypervolume new >= old in {sum(larger)} of {len(larger)} repetition(s)"
+        )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--space", default="default")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("OLD", "NEW"), default=None, help="two spaces, one run"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="sweeps of each space")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-concurrent", type=int, default=None)
+    parser.add_argument(
+        "--reference-margin",
+        type=float,
+        default=REFERENCE_MARGIN,
+        help="hypervolume reference point beyond the nadir, x each objective's range",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats: {args.repeats}; at least 1")
+    spaces = list(args.compare) if args.compare else [args.space]
+    quiet_libraries()
+    try:
+        for space in spaces:  # a wrong name or a bad file: one message before any sweep
+            load_space(space)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    order = [
+        space for rep in range(args.repeats) for space in (spaces if rep % 2 == 0 else spaces[::-1])
+    ]
+    runs: list[dict[str, Any]] = []
+    for i, space in enumerate(order):
+        print(
+            f"[bench] sweep {i + 1}/{len(order)}: {space} "
+            f"({time.perf_counter() - started:.0f} s elapsed)",
+            file=sys.stderr,
+            flush=True,
+        )
+        runs.append(run_one(space, i, args))
+    print_runs(runs)
+    figures: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    if args.compare:
+        figures.update(compare(runs, *args.compare, args.reference_margin))
+    # The target is the space measured (with --compare, the new one).
+    overhead = statistics.median(r["overhead"] for r in runs if r["space"] == spaces[-1])
+    verdict = "met" if overhead <= TARGET_OVERHEAD else "NOT met"
+    print(f"target: overhead of {spaces[-1]} <= {TARGET_OVERHEAD} -> {overhead:.2f}, {verdict}")
+    figures["runs"] = runs
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))
-
-
-def ray_cpus() -> float:
-    import os
-
-    return float(os.cpu_count() or 1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
