@@ -30,7 +30,9 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
     if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
+        # Its generations are `startup_trials` trials: the default 50 would leave a sweep of
+        # a few dozen trials in the random first generation (bench/search.py).
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, s.startup_trials))
     if s.name == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
     return optuna.samplers.RandomSampler(seed=s.seed)
