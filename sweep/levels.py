@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep.failures import COLLAPSED
 from sweep.selection import sweep_constraints
 from sweep.spaces import SEARCH_ARM
 from sweep.state import SweepState, TrialRow, seed_metrics, trial_rows
@@ -97,6 +98,8 @@ def best_searched(
     searched = [r for r in rows if r["arm"] == SEARCH_ARM and r["level"] == level]
     done = [r for r in searched if r["state"] == "done"]
     if not done:
+        if any(r["state"] == COLLAPSED for r in searched):
+            return None, f"every searched trial at density {level:g} that ran to the end collapsed"
         return None, f"no searched trial at density {level:g} ran to the end"
     baselines = [r for r in rows if r["arm"] != SEARCH_ARM and r["state"] == "done"]
     constraints, _ = sweep_constraints(state, baselines)

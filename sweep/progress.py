@@ -12,11 +12,13 @@ from typing import Any
 
 from ray import tune
 
+from sweep.failures import COLLAPSED, failure_of
 from sweep.spaces import SEARCH_ARM
 
 
 def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str:
-    """done, failed, stopped (early, by the scheduler), running or pending.
+    """done, collapsed (finished at chance accuracy), failed, stopped (early, by the
+    scheduler), running or pending.
 
     `ended`/`errored`: the trial is being completed right now (Ray updates its status after
     the callbacks run).
@@ -30,7 +32,9 @@ def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str
         return "failed"
     if result.get("raced_out"):
         return "stopped"  # raced out after its first seeds: an estimate, not a candidate
-    return "done" if result.get("final") == 1 else "stopped"
+    if result.get("final") != 1:
+        return "stopped"
+    return COLLAPSED if failure_of(result) == COLLAPSED else "done"
 
 
 class LiveView(tune.Callback):
@@ -51,7 +55,7 @@ class LiveView(tune.Callback):
         return self.stream or sys.stderr
 
     def line(self, trials: list, ended: Any = None, errored: bool = False) -> str:
-        counts = {"done": 0, "failed": 0, "stopped": 0, "running": 0}
+        counts = {"done": 0, "failed": 0, "stopped": 0, "running": 0, COLLAPSED: 0}
         best: tuple[float, str] | None = None
         for trial in trials:
             now = trial is ended
@@ -61,12 +65,14 @@ class LiveView(tune.Callback):
             if outcome == "done" and trial.config.get("arm") == SEARCH_ARM and value is not None:
                 if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
                     best = (float(value), trial.trial_id)
-        finished = counts["done"] + counts["failed"] + counts["stopped"]
+        finished = counts["done"] + counts["failed"] + counts["stopped"] + counts[COLLAPSED]
         text = (
             f"[moonsweep] {finished}/{self.total} trials: {counts['done']} done, "
             f"{counts['running']} running, {counts['failed']} failed, "
             f"{counts['stopped']} stopped early"
         )
+        if counts[COLLAPSED]:
+            text += f", {counts[COLLAPSED]} collapsed"
         if best is not None:
             text += f"  best {self.objective} {best[0]:.4f} (trial {best[1]})"
         return text

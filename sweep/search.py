@@ -2,10 +2,16 @@
 
 Wraps Ray's `OptunaSearch` (ask/tell against a persistent Optuna storage) and adds what a
 MOON sweep needs around it: the baseline arms run first on the same seeds, constraints that
-may refer to a baseline's result, failures recorded as FAIL, early-stopped trials recorded as
-COMPLETE with the objectives of their last report (user attrs `early_stopped`,
-`stopped_at_epoch`; a multi-objective study must not hold PRUNED trials, optuna#5260, and
-TPE learns from COMPLETE trials only), and every Optuna trial tagged with its Ray trial id.
+may refer to a baseline's result, early-stopped trials recorded as COMPLETE with the
+objectives of their last report (user attrs `early_stopped`, `stopped_at_epoch`; a
+multi-objective study must not hold PRUNED trials, optuna#5260, and TPE learns from
+COMPLETE trials only), and every Optuna trial tagged with its Ray trial id.
+
+Failures (`sweep.failures`): a trial that diverged, was refused (ConfigError) or collapsed
+to chance accuracy is the settings' fault, so it is told as COMPLETE with the constraint
+`trains` violated, which Optuna's TPE, NSGA-II and GP samplers learn from (see
+`make_sampler`); one that failed for another reason (out of memory, a bug, a lost worker)
+is FAIL, which they ignore. Either way the user attrs `fail_reason` and `failure` say why.
 """
 
 from __future__ import annotations
@@ -16,16 +22,45 @@ import pickle
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep.spaces import SEARCH_ARM, SearchSpace, arm_label
+from engine.config import ConfigError
+from engine.sparse_methods import DENSE
+from sweep.failures import (
+    COLLAPSED,
+    CONFIG_FAULTS,
+    RAY,
+    TRAINS,
+    failure_of,
+    reason_of,
+    stand_in,
+)
+from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
+from sweep.stats import number
 from sweep.stores import make_storage, searcher_study, searcher_trial, storage_trial_id
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The space's sampler; constraints reach it through `Trial.set_constraint`."""
+    """The space's sampler; constraints reach it through `Trial.set_constraint`.
+
+    What each does with an infeasible COMPLETE trial (a diverged, refused or collapsed one:
+    `trains` violated), read in Optuna 5.0's source:
+    - TPE (`_tpe/sampler.py`, `_split_trials`): infeasible trials go to the "above" (bad)
+      group, ranked by total violation, and enter "below" only when too few feasible trials
+      fill it; so their region gets a low l(x)/g(x). FAIL trials are not read at all.
+    - NSGA-II (`nsgaii/_constraints_evaluation.py`): constrained domination; every feasible
+      trial dominates an infeasible one, so infeasible trials rank last and are not chosen
+      as parents while feasible ones fill the population.
+    - GP (`_gp/sampler.py`): one GP per constraint, its probability of feasibility
+      multiplies the acquisition (LogCEHVI); the objectives' GPs see the trial's values too,
+      hence the chance-level stand-ins of a trial without figures (`sweep.failures`). Every
+      COMPLETE trial must carry the same constraints, in the same order (`_tell`).
+    NSGA-II and GP search the parameters every trial has (Optuna's intersection search
+    space); a conditional parameter (`when:`) is sampled at random by them.
+    """
     s = space.sampler
     if s.name == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
@@ -55,6 +90,7 @@ class SweepSearcher(Searcher):
         self.baseline_results: dict[str, dict[str, float]] = {}
         self.failed_arms: set[str] = set()
         self.fail_reasons: dict[str, str] = {}
+        self.chance_accuracy: float | None = None  # the suite's, from any report carrying it
         self.suggested = 0
         self.deferred: dict[str, dict] = {}  # finished trials waiting for a baseline
         # Racing's references per density level: label -> per-seed validation figures, and
@@ -126,6 +162,8 @@ class SweepSearcher(Searcher):
         """Keep a trial that ran every seed as a racing reference at its level."""
         if self.space.race is None or "seed_values" not in result or result.get("raced_out"):
             return
+        if failure_of(result):  # collapsed: never on a front, so never a reference
+            return
         metrics = [m for m, _ in self.space.race_objectives()]
         per_seed = json.loads(result["seed_values"])
         seeds = {int(s): {m: v[m] for m in metrics if m in v} for s, v in per_seed.items()}
@@ -136,6 +174,7 @@ class SweepSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if "fail_reason" in result:
             self.fail_reasons[trial_id] = str(result["fail_reason"])
+        self.chance_accuracy = number(result.get("chance_accuracy")) or self.chance_accuracy
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -173,6 +212,7 @@ class SweepSearcher(Searcher):
                 ot_trial.set_user_attr(key, result[key])
         if finished and result.get("raced_out"):
             ot_trial.set_user_attr("raced_out", True)  # an estimate from its race seeds
+        kind = RAY if error else failure_of(result)
         if stopped:
             # Its last report's figures (current weights, before voting) stand for the trial.
             ot_trial.set_user_attr("early_stopped", True)
@@ -182,8 +222,18 @@ class SweepSearcher(Searcher):
                 "ray error" if error else "stopped early by the scheduler"
             )
             ot_trial.set_user_attr("fail_reason", reason)
-            self.optuna.on_trial_complete(trial_id, result=None, error=True)  # FAIL
-            return
+            if kind:
+                ot_trial.set_user_attr("failure", kind)
+            if kind not in CONFIG_FAULTS:
+                # Not the settings' fault (out of memory, a bug, a lost worker): FAIL, which
+                # the samplers ignore, so the region is not held against.
+                self.optuna.on_trial_complete(trial_id, result=None, error=True)
+                return
+            result = self._stand_in(ot_trial, result or {})
+        elif kind == COLLAPSED:
+            ot_trial.set_user_attr("fail_reason", reason_of(result))
+            ot_trial.set_user_attr("failure", kind)
+            result = self._stand_in(ot_trial, result)  # its own figures, where finite
         if not self._references_ready():
             # A constraint needs a baseline still running: tell Optuna once it has finished.
             self.deferred[trial_id] = result
@@ -205,16 +255,54 @@ class SweepSearcher(Searcher):
             for con in self.space.constraints
         )
 
+    def _stand_in(self, trial: optuna.Trial, result: dict) -> dict:
+        """`result` with a value for every objective it lacks (or holds as NaN): the chance
+        level (`sweep.failures.stand_in`), the configured density, else the worst value the
+        sweep has seen for that objective."""
+        chance = number(result.get("chance_accuracy")) or self.chance_accuracy
+        out = dict(result)
+        for index, objective in enumerate(self.space.objectives):
+            if number(result.get(objective.metric)) is not None:
+                continue
+            value = None if chance is None else stand_in(objective.metric, chance)
+            if value is None and objective.metric == "density":
+                value = self._configured_density(trial.params)
+            out[objective.metric] = value if value is not None else self._worst(index, objective)
+        return out
+
+    def _configured_density(self, params: dict[str, Any]) -> float | None:
+        try:
+            cfg = self.space.trial_config(params, self.space.seeds[0])
+        except ConfigError:  # the settings a refused trial was refused for
+            return None
+        return 1.0 if cfg.sparsity.method == DENSE else cfg.sparsity.density
+
+    def _worst(self, index: int, objective: Objective) -> float:
+        """The worst value of `objective` (the study's `index`-th) among the baselines and
+        complete trials so far (0 when there is none: a refused trial before anything else
+        ended)."""
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        seen = [r.get(objective.metric) for r in self.baseline_results.values()]
+        seen += [t.values[index] for t in complete]
+        values = [v for v in map(number, seen) if v is not None]
+        if not values:
+            return 0.0
+        return min(values) if objective.direction == "maximize" else max(values)
+
     def _tell(self, trial_id: str, result: dict) -> None:
         ot_trial = searcher_trial(self.optuna, trial_id)
         for con in self.space.constraints:
             threshold = con.threshold(self.baseline_results)
-            value = result.get(con.metric)
+            value = number(result.get(con.metric))
             # Without a reference (its baseline failed) the constraint cannot bind.
             violation = (
                 0.0 if threshold is None or value is None else con.violation(value, threshold)
             )
             ot_trial.set_constraint(con.label, violation)
+        # On every trial told COMPLETE, always after the space's own: GPSampler reads the
+        # constraints by position and refuses trials with a different number of them
+        # (`_get_constraint_vals_and_feasibility`).
+        ot_trial.set_constraint(TRAINS, 1.0 if failure_of(result) in CONFIG_FAULTS else 0.0)
         self.optuna.on_trial_complete(trial_id, result=result)
 
     def save(self, checkpoint_path: str) -> None:

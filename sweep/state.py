@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from engine.checkpoint import load_json
 from engine.config import ConfigError
+from sweep.failures import COLLAPSED, CONFIG_FAULTS
 from sweep.spaces import SEARCH_ARM
 from sweep.stores import load_study, mlflow_client
 
@@ -78,7 +79,9 @@ TrialRow = TypedDict(
         "trial": str,  # Ray trial id
         "arm": str,  # SEARCH_ARM or a baseline's name
         "level": float | None,  # the density level it is compared at (None: no levels, dense)
-        "state": str,  # done, stopped, raced, failed, running
+        # done, stopped, raced, failed, running, or collapsed: finished at chance accuracy
+        # (a searched trial; never a candidate, a leader or on a front).
+        "state": str,
         "optuna": int,  # Optuna trial number (-1: a baseline)
         "sparsity.method": str | None,
         "sparsity.density": str | None,
@@ -95,6 +98,7 @@ TrialRow = TypedDict(
         "density": float | None,
         "epochs": float | None,
         "fail_reason": str,
+        "failure": str,  # the kind (sweep.failures): nan, config, collapsed, oom, error, ray
         "host": str,
         "node_ip": str,
         "node_id": str,
@@ -141,15 +145,20 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
             "trial": tags.get("ray.trial_id", ""),
             "arm": tags.get("moonsweep.arm", ""),
             "level": float(tags["moonsweep.level"]) if "moonsweep.level" in tags else None,
-            "state": "raced"
-            if "moonsweep.raced_out" in tags
-            else RUN_STATES.get(run.info.status, run.info.status.lower()),
+            "state": (
+                COLLAPSED
+                if tags.get("moonsweep.failure") == COLLAPSED
+                else "raced"
+                if "moonsweep.raced_out" in tags
+                else RUN_STATES.get(run.info.status, run.info.status.lower())
+            ),
             "optuna": int(tags.get("optuna.trial_number", "-1")),
             **{k: params.get(k) for k in KEY_PARAMS},
             **{k: metrics.get(k) for k in KEY_METRICS},
             **(dict(metrics) if all_metrics else {}),
             "epochs": metrics.get("epoch"),
             "fail_reason": tags.get("moonsweep.fail_reason", ""),
+            "failure": tags.get("moonsweep.failure", ""),
             # Where it ran (last): the host, and Ray's node id (short in the table).
             "host": tags.get("moonsweep.hostname", ""),
             "node_ip": tags.get("moonsweep.node_ip", ""),
@@ -165,9 +174,11 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
 def ran_to_end(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of `study` in which only the trials that ran to the end are COMPLETE.
 
-    Early-stopped trials are COMPLETE for the sampler, with mid-training figures; here they
-    (and any trial not finished) are FAIL, so Optuna's Pareto front, hypervolume and
-    importances describe finished models. Trial numbers stay the same.
+    Early-stopped trials are COMPLETE for the sampler, with mid-training figures, and so are
+    diverged, refused and collapsed ones, with stand-in figures and the `trains` constraint
+    violated; here they (and any trial not finished) are FAIL, so Optuna's Pareto front,
+    hypervolume and importances describe finished, trained models. Trial numbers stay the
+    same.
 
         >>> best = ran_to_end(study).best_trials  # doctest: +SKIP
     """
@@ -176,7 +187,8 @@ def ran_to_end(study: optuna.Study) -> optuna.Study:
     for trial in study.get_trials(deepcopy=False):
         ended = trial.state == optuna.trial.TrialState.COMPLETE
         attrs = trial.user_attrs
-        if ended and not attrs.get("early_stopped") and not attrs.get("raced_out"):
+        failed = attrs.get("failure") in CONFIG_FAULTS
+        if ended and not (attrs.get("early_stopped") or attrs.get("raced_out") or failed):
             copy.add_trial(trial)
             continue
         copy.add_trial(

@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from sweep.failures import RAY, failure_of, reason_of
 from sweep.spaces import SEARCH_ARM, SearchSpace, arm_label
 from sweep.spool import Spool
 from sweep.state import FINAL_DIR, PARENT_TAG
@@ -345,8 +346,12 @@ class MlflowTracking(tune.Callback):
             return
         self._log_epochs(trial_id, config, result.get("history", []))
         self._flush(0.0)
+        # A failed trial's reason and kind; a collapsed one finishes with them as well.
+        if failure_of(result):
+            self.client.set_tag(run_id, "moonsweep.failure", failure_of(result))
+        if reason_of(result):
+            self.client.set_tag(run_id, "moonsweep.fail_reason", reason_of(result))
         if "fail_reason" in result:
-            self.client.set_tag(run_id, "moonsweep.fail_reason", str(result["fail_reason"]))
             self.client.set_terminated(run_id, "FAILED")
         elif result.get("final") == 1:
             history = result.get("history") or [{}]
@@ -383,4 +388,5 @@ class MlflowTracking(tune.Callback):
             return
         self._flush(0.0)
         self.client.set_tag(run_id, "moonsweep.fail_reason", reason)
+        self.client.set_tag(run_id, "moonsweep.failure", RAY)
         self.client.set_terminated(run_id, "FAILED")

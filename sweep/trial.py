@@ -5,9 +5,11 @@ since the last report (`history`, for MLflow) and a checkpoint. With early stopp
 reports from the grace epoch on also carry the validation figures of the current weights
 (`Run.evaluate`, means over seeds): the objectives of a trial the scheduler stops.
 
-Failures (a bad config, NaN, an exception) are reported as data (`fail_reason`) rather
-than raised, so the sweep goes on and every store records why; the space's `retry` policy
-first gives the faults it names (e.g. `oom`) more attempts from the last reported state.
+Failures (a bad config, NaN, an exception) are reported as data (`fail_reason`, and its
+kind as `failure`: `sweep.failures`) rather than raised, so the sweep goes on and every
+store records why; a searched trial that finishes at chance accuracy is flagged `failure:
+collapsed` in its final report. The space's `retry` policy first gives the faults it names
+(e.g. `oom`) more attempts from the last reported state.
 Lost workers are different: Ray restarts those trials, which resume here from
 `ray.tune.get_checkpoint()` (or from the checkpoint before it, if that one is corrupt). A
 trial whose checkpoint already holds its final results (it finished just before a driver
@@ -33,6 +35,7 @@ from engine.data import load_suite
 from engine.test_time import TestTime, collected_modes, pick, variant_name, variants
 from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import node_placement
+from sweep.failures import chance_accuracy, collapse, failure_kind
 from sweep.racing import raced_by
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.state import FINAL_DIR
@@ -72,9 +75,11 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
     torch.set_num_threads(max(1, int(space.resources.cpu)))
     _cap_gpu_memory(space.resources.gpu)
     retried: list[str] = []
+    known: dict[str, float] = {}  # what the final and a failure report both carry
     try:
         cfgs = space.arm_configs(config)
         suite = load_suite(cfgs[0].data)  # one copy shared by every seed
+        known["chance_accuracy"] = chance_accuracy(suite.num_classes)
         states: list[dict] | None = None
         note = ""
         checkpoint = tune.get_checkpoint()
@@ -106,7 +111,9 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 states = torch.load(io.BytesIO(last), weights_only=True)["runs"] if last else states
                 note = ""
         final, results = finished.metrics, finished.results
-        final["retries"] = len(retried)
+        final.update(known, retries=len(retried))
+        if config["arm"] == SEARCH_ARM:  # a baseline is a reference arm, whatever it reaches
+            final.update(collapse(final))
         final.update(node_placement())
         if retried:
             final["retried"] = " | ".join(retried)
@@ -124,7 +131,8 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
         reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
         if retried:
             reason += f" (after {len(retried)} retries: {' | '.join(retried)})"
-        tune.report({"fail_reason": reason[:500], "epoch": epoch, "val_accuracy": math.nan})
+        failure = {"fail_reason": reason[:500], "failure": failure_kind(exc), **known}
+        tune.report({**failure, "epoch": epoch, "val_accuracy": math.nan})
 
 
 @dataclass
