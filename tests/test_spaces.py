@@ -152,9 +152,11 @@ def test_constraint_against_a_baseline(tmp_path: Path) -> None:
     searcher.on_trial_complete("b0", _final(0.8, 0.95))  # dense
     assert searcher.study.trials[0].state.name == "COMPLETE"
     searcher.on_trial_complete("t1", _final(0.85, 0.96))
-    feasible = [list(t.constraints.values()) for t in searcher.study.trials]
-    assert feasible[0] == [pytest.approx(0.94 - 0.93)]
-    assert feasible[1] == [pytest.approx(0.94 - 0.96)]
+    # The space's constraint, and `trains` (met: both trained) on every searched trial.
+    feasible = [t.constraints for t in searcher.study.trials]
+    label = "val/accuracy>=dense-0.01"
+    assert feasible[0] == {label: pytest.approx(0.94 - 0.93), "trains": 0.0}
+    assert feasible[1] == {label: pytest.approx(0.94 - 0.96), "trains": 0.0}
     # Optuna's Pareto front keeps only feasible trials.
     assert [t.number for t in searcher.study.best_trials] == [1]
 

@@ -126,12 +126,16 @@ def test_optuna_matches_finished_trials(nan_sweep) -> None:
     for t in trials:
         run = by_number[t.number]
         assert t.user_attrs["ray_trial_id"] == run.data.tags["ray.trial_id"]
-        if t.state == optuna.trial.TrialState.COMPLETE:
+        # A diverged trial is COMPLETE too, for the sampler to learn from, with `trains`
+        # violated; its run is FAILED (no model).
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        if t.constraints["trains"] == 0.0:
             assert run.info.status == "FINISHED"
             assert t.values[0] == pytest.approx(run.data.metrics["val/auroc_near"])
         else:
-            assert t.state == optuna.trial.TrialState.FAIL
+            assert t.constraints["trains"] == 1.0 and t.user_attrs["failure"] == "nan"
             assert run.info.status == "FAILED"
+            assert t.values[0] == 0.5  # chance-level stand-in AUROC
 
 
 def test_nan_trial_is_recorded_failed_and_sweep_finishes(nan_sweep) -> None:
@@ -142,9 +146,10 @@ def test_nan_trial_is_recorded_failed_and_sweep_finishes(nan_sweep) -> None:
     for run in failed:
         assert run.data.params["optim.lr"] == "1000000000.0"
         assert "TrainingDiverged" in run.data.tags["moonsweep.fail_reason"]
-    failed_trials = [t for t in study(workdir, "t").trials if t.state.name == "FAIL"]
+    failed_trials = [t for t in study(workdir, "t").trials if t.constraints["trains"] > 0]
     assert len(failed_trials) == len(failed)
     assert all("TrainingDiverged" in t.user_attrs["fail_reason"] for t in failed_trials)
+    assert all(run.data.tags["moonsweep.failure"] == "nan" for run in failed)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 7 - len(failed)
     client = MlflowClient(state["tracking_uri"])
