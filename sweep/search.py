@@ -184,7 +184,7 @@ class SweepSearcher(Searcher):
             return
         finished = bool(result) and result.get("final") == 1 and "fail_reason" not in result
         stopped = not finished and not error and self._stopped_with_objectives(result)
-        if finished:
+        if finished and failure_of(result) != COLLAPSED:  # a collapsed trial is no reference
             label = (
                 arm
                 if arm != SEARCH_ARM
