@@ -162,8 +162,6 @@ class SweepSearcher(Searcher):
         """Keep a trial that ran every seed as a racing reference at its level."""
         if self.space.race is None or "seed_values" not in result or result.get("raced_out"):
             return
-        if failure_of(result):  # collapsed: never on a front, so never a reference
-            return
         metrics = [m for m, _ in self.space.race_objectives()]
         per_seed = json.loads(result["seed_values"])
         seeds = {int(s): {m: v[m] for m in metrics if m in v} for s, v in per_seed.items()}
