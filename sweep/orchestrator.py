@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from ray import tune
 
+from engine import faults
 from engine.checkpoint import save_json
 from engine.config import ConfigError, config_error
 from engine.data import load_suite
@@ -281,6 +282,16 @@ def init_ray(address: str | None) -> None:
         ) from None
 
 
+class DriverFailpoints(tune.Callback):
+    """Test-only failpoints in the driver (engine/faults.py; nothing happens unless set)."""
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray has just recorded the checkpoint and deleted those past `num_to_keep`; its
+        # experiment state is saved later in the same step.
+        if trial.checkpoint is not None:
+            faults.fire("save", int(Path(trial.checkpoint.path).name.rsplit("_", 1)[-1]))
+
+
 def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     space = _space_of(state, folder)
     init_ray(state.address)
@@ -324,6 +335,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                         state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
                     ),
                     LiveView(total, first.metric, first.mode),
+                    DriverFailpoints(),
                 ],
                 failure_config=tune.FailureConfig(max_failures=2),
                 # Two: a trial whose latest checkpoint is corrupt resumes from the one before.
