@@ -58,7 +58,7 @@ from sweep.stores import (
     storage_trial_id,
 )
 from sweep.tracking import MlflowTracking
-from sweep.trial import run_trial
+from sweep.trial import restore_missing_checkpoints, run_trial
 
 SPOOL_DIR = "spool"
 
@@ -309,6 +309,8 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
         ).send_spooled()
     if restore and tune.Tuner.can_restore(ray_dir):
+        for line in restore_missing_checkpoints(_experiment_trials(ray_dir)):
+            print(line, file=sys.stderr)
         tuner = tune.Tuner.restore(
             ray_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -365,9 +367,17 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
 
 
 def _experiment_trials(ray_dir: str) -> list[Any]:
+    """Ray's trials as its saved experiment state has them (what `Tuner.restore` reads)."""
     if not is_uri(ray_dir) and not Path(ray_dir).exists():
         return []
-    return list(tune.ExperimentAnalysis(ray_dir).trials)
+    # It warns that each trial lacks Ray's result files: moonsweep turns those off.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        return list(tune.ExperimentAnalysis(ray_dir).trials)
+    finally:
+        analysis_log.setLevel(level)
 
 
 def reconcile(state: SweepState, trial_ids: set[str]) -> dict[str, int]:
