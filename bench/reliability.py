@@ -54,7 +54,7 @@ import time  # noqa: E402
 
 
 def kill_rounds(rounds: int) -> dict[str, int]:
-    from chaos import kill_resume_chain
+    from chaos import counts, kill_resume_chain
 
     totals = {
         "kills_tried": 0,
@@ -90,7 +90,7 @@ def kill_rounds(rounds: int) -> dict[str, int]:
             totals["lingering_ray_processes_max"], lingering
         )
         print(
-            f"round {i + 1}: {time.monotonic() - started:.0f} s, audit {report}",
+            f"round {i + 1}: {time.monotonic() - started:.0f} s, audit {counts(report)}",
             file=sys.stderr,
         )
         shutil.rmtree(root, ignore_errors=True)
@@ -104,7 +104,7 @@ def default_rounds(
     import random
     import signal
 
-    from chaos import interrupt_and_resume
+    from chaos import counts, interrupt_and_resume
 
     rng = random.Random(seed)
     totals = {
@@ -127,7 +127,7 @@ def default_rounds(
         root = Path(tempfile.mkdtemp(prefix="moonsweep-default-"))
         started = time.monotonic()
         chain = interrupt_and_resume(root, run_args, sig=sig, after=at)
-        report = chain["audit"]
+        report = counts(chain["audit"])
         kind = "kill" if sig == signal.SIGKILL else "sigint"
         resumed = chain["resume"].returncode == 0
         again = chain["again"].returncode == 0 and "already finished" in chain["again"].stderr
@@ -178,6 +178,7 @@ def fuzz(examples: int) -> dict[str, dict[str, int]]:
         constraint_exprs,
         space_texts,
     )
+
     scratch = Path(tempfile.mkdtemp(prefix="moonsweep-fuzz-"))
 
     def in_folder(answer):  # a fresh folder per input: "nothing written" is per input

@@ -12,6 +12,9 @@ machine without a GPU, a driver killed while a checkpoint file is being written)
                                        touch `<MOONSWEEP_FAILPOINT_DIR>/paused` and sleep 30 s
     MOONSWEEP_FAILPOINT=crash@0        the `moonsweep` command raises an unexpected RuntimeError
                                        before it does anything (its crash report is tested)
+    MOONSWEEP_FAILPOINT=die@3          the driver SIGKILLs itself right after Ray has recorded a
+                                       trial's checkpoint_000003: after Ray's checkpoint retention
+                                       deleted older ones, before Ray saved its experiment state
     MOONSWEEP_FAILPOINT_TIMES=1        fire at most this many times in all processes
     MOONSWEEP_FAILPOINT_DIR=/some/dir  where firings are counted (needed with TIMES)
 
@@ -25,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +43,7 @@ SITES = {
     "stall": "epoch",
     "pause": "checkpoint",
     "crash": "cli",
+    "die": "save",
 }
 
 
@@ -68,6 +73,8 @@ def fire(site: str, epoch: int) -> None:
         raise RuntimeError(f"simulated failure after epoch {epoch}")
     if kind == "crash":
         raise RuntimeError("simulated internal error (MOONSWEEP_FAILPOINT=crash@0)")
+    if kind == "die":  # as a crash would: no handler, no atexit, nothing flushed
+        os.kill(os.getpid(), signal.SIGKILL)
     if kind in ("stall", "pause"):
         folder = Path(os.environ.get("MOONSWEEP_FAILPOINT_DIR", "."))
         folder.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from ray import tune
 
+from engine import faults
 from engine.checkpoint import save_json
 from engine.config import ConfigError, config_error
 from engine.data import load_suite
@@ -57,7 +58,7 @@ from sweep.stores import (
     storage_trial_id,
 )
 from sweep.tracking import MlflowTracking
-from sweep.trial import run_trial
+from sweep.trial import restore_missing_checkpoints, run_trial
 
 SPOOL_DIR = "spool"
 
@@ -281,6 +282,16 @@ def init_ray(address: str | None) -> None:
         ) from None
 
 
+class DriverFailpoints(tune.Callback):
+    """Test-only failpoints in the driver (engine/faults.py; nothing happens unless set)."""
+
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray has just recorded the checkpoint and deleted those past `num_to_keep`; its
+        # experiment state is saved later in the same step.
+        if trial.checkpoint is not None:
+            faults.fire("save", int(Path(trial.checkpoint.path).name.rsplit("_", 1)[-1]))
+
+
 def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     space = _space_of(state, folder)
     init_ray(state.address)
@@ -298,6 +309,8 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
         ).send_spooled()
     if restore and tune.Tuner.can_restore(ray_dir):
+        for line in restore_missing_checkpoints(_experiment_trials(ray_dir)):
+            print(line, file=sys.stderr)
         tuner = tune.Tuner.restore(
             ray_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -324,6 +337,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                         state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
                     ),
                     LiveView(total, first.metric, first.mode),
+                    DriverFailpoints(),
                 ],
                 failure_config=tune.FailureConfig(max_failures=2),
                 # Two: a trial whose latest checkpoint is corrupt resumes from the one before.
@@ -353,9 +367,17 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
 
 
 def _experiment_trials(ray_dir: str) -> list[Any]:
+    """Ray's trials as its saved experiment state has them (what `Tuner.restore` reads)."""
     if not is_uri(ray_dir) and not Path(ray_dir).exists():
         return []
-    return list(tune.ExperimentAnalysis(ray_dir).trials)
+    # It warns that each trial lacks Ray's result files: moonsweep turns those off.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        return list(tune.ExperimentAnalysis(ray_dir).trials)
+    finally:
+        analysis_log.setLevel(level)
 
 
 def reconcile(state: SweepState, trial_ids: set[str]) -> dict[str, int]:

@@ -13,7 +13,15 @@ collapsed` in its final report. The space's `retry` policy first gives the fault
 Lost workers are different: Ray restarts those trials, which resume here from
 `ray.tune.get_checkpoint()` (or from the checkpoint before it, if that one is corrupt). A
 trial whose checkpoint already holds its final results (it finished just before a driver
-was killed) reports them again instead of training again.
+was killed) reports them again instead of training again. A resumed trial's first report
+carries every epoch so far (each run's checkpoint holds its history): MLflow logs each
+epoch once, and so gets those whose reports a killed driver never processed.
+
+`restore_missing_checkpoints` runs in the driver before a resume: Ray deletes a trial's
+checkpoints past `num_to_keep` as soon as it records a newer one, but writes its experiment
+state to storage later (in the background), so a driver killed in between leaves a state
+that names a deleted checkpoint. Ray would fail that trial ("does not exist on storage
+anymore"), even one that had finished; a copy of the newest checkpoint it left is put back.
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import posixpath
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 from ray import tune
 
@@ -42,6 +53,7 @@ from sweep.state import FINAL_DIR
 from sweep.stats import aggregate
 
 STATE_FILE = "state.pt"
+CHECKPOINT_NAME = re.compile(r"checkpoint_\d+")  # Ray's folders for a trial's checkpoints
 
 
 def _cap_gpu_memory(fraction: float) -> None:
@@ -62,6 +74,61 @@ def _restore(checkpoint: tune.Checkpoint, directory: Path) -> tuple[list[dict], 
     payload, used, problems = load_newest([latest, *older])
     note = f"{'; '.join(problems)}; resumed from {used.parent.name}" if problems else ""
     return payload["runs"], note
+
+
+def _usable(fs: pyarrow.fs.FileSystem, folder: str) -> bool:
+    """A checkpoint folder `run_trial` can go on from: final results or a state file."""
+    wanted = [posixpath.join(folder, FINAL_DIR, "metrics.json"), posixpath.join(folder, STATE_FILE)]
+    return any(info.type == pyarrow.fs.FileType.File for info in fs.get_file_info(wanted))
+
+
+def restore_missing_checkpoints(trials: list[Any]) -> list[str]:
+    """For each trial Ray will resume whose recorded checkpoint is gone from storage, put a
+    copy of the newest usable checkpoint beside it in its place; one line per copy.
+
+    Ray resumes a trial from the checkpoint its saved experiment state names. When a killed
+    driver had already deleted that one (see the module's docstring), the trial's folder
+    still holds the newer ones Ray recorded after it: the newest is what the trial had
+    reached (its final results, if it had finished). `trials`: Ray's, from the experiment
+    state that `Tuner.restore` reads. Nothing is done for a checkpoint that is still there.
+    """
+    notes = []
+    for trial in trials:
+        checkpoint = trial.checkpoint
+        if trial.status == "TERMINATED" or checkpoint is None:
+            continue  # finished trials are not restored; unstarted ones start afresh
+        fs, path = checkpoint.filesystem, checkpoint.path
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            continue
+        selector = pyarrow.fs.FileSelector(posixpath.dirname(path), allow_not_found=True)
+        siblings = sorted(
+            (
+                info.path
+                for info in fs.get_file_info(selector)
+                if info.type == pyarrow.fs.FileType.Directory
+                and CHECKPOINT_NAME.fullmatch(info.base_name)
+            ),
+            reverse=True,  # zero-padded indices: the newest first
+        )
+        source = next((folder for folder in siblings if _usable(fs, folder)), None)
+        if source is None:
+            continue  # nothing to go on from: Ray fails the trial with its own message
+        pyarrow.fs.copy_files(source, path, source_filesystem=fs, destination_filesystem=fs)
+        notes.append(
+            f"trial {trial.trial_id}: its recorded {posixpath.basename(path)} was deleted "
+            f"before the driver stopped; resuming it from {posixpath.basename(source)}"
+        )
+    return notes
+
+
+def epochs_so_far(runs: list[Run]) -> list[dict[str, float]]:
+    """Every epoch the runs have trained (restored with their state), means over seeds."""
+    out = []
+    for records in zip(*(run.history for run in runs), strict=True):
+        metrics = aggregate(list(records))
+        metrics["epoch"] = int(records[0]["epoch"])
+        out.append(metrics)
+    return out
 
 
 def _state_bytes(runs: list[Run]) -> bytes:
@@ -164,6 +231,9 @@ def _train(
     split = race.seeds if race is not None else len(runs)
     groups = [runs[:split], runs[split:]] if split < len(runs) else [runs]
     reporter = _Reporter(space, note, early=searched and space.early_stopping is not None)
+    # Epochs not yet reported; after a restore, every epoch so far of the seeds trained first
+    # (MLflow skips those it has; with racing the curves are the race seeds').
+    reporter.history = epochs_so_far(groups[0])
     evaluated: dict[int, list[TrainResult]] = {}
     try:
         for group in groups:

@@ -228,8 +228,8 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
         "status": state_of(workdir, name)["status"],
         "runs": len(runs),
         "expected": expected,
-        "finished_runs": sum(s == "FINISHED" for s in status.values()),
-        "running_runs": sum(s == "RUNNING" for s in status.values()),
+        "finished_runs": sum(run.info.status == "FINISHED" for run in runs),
+        "running_runs": sum(run.info.status == "RUNNING" for run in runs),
         "lost": len(lost),
         "run_twice": len(twice),
         "duplicate_runs": sum(n - 1 for n in per_trial.values()) + max(0, len(runs) - expected),
@@ -237,15 +237,65 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
         # Every searched MLflow run is a COMPLETE Optuna trial and the other way round.
         "optuna_mismatch": len(numbers ^ complete),
         "spooled": len(list((Path(workdir) / name / "spool").glob("*.pkl"))),
+        # Not a count: what assert_clean shows when a count is wrong.
+        "children": describe_runs(workdir, name),
     }
+
+
+def describe_runs(workdir: Path, name: str) -> list[dict[str, Any]]:
+    """Each child run as an assertion message needs it: its status and end time, its tags
+    (its Ray trial id, Optuna number, arm and moonsweep notes) and its Ray trial's status
+    and last result's `final` / `fail_reason`; then Ray trials that have no run."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        ray_trials = {t.trial_id: t for t in ExperimentAnalysis(str(ray_dir(workdir, name))).trials}
+    except Exception as exc:  # a sweep killed before Ray saved its experiment
+        ray_trials = {}
+        missing = f"{type(exc).__name__}: {exc}"
+    else:
+        missing = None
+    out: list[dict[str, Any]] = []
+    for run in child_runs(workdir, name):
+        tags = run.data.tags
+        trial_id = tags.get("ray.trial_id")
+        trial = ray_trials.pop(trial_id, None)
+        last = dict(trial.last_result or {}) if trial is not None else {}
+        out.append(
+            {
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "end_time": run.info.end_time,
+                "ray.trial_id": trial_id,
+                "ray_status": trial.status if trial is not None else None,
+                "ray_final": last.get("final"),
+                "ray_fail_reason": last.get("fail_reason"),
+                "checkpoints": [p.name for p in trial_checkpoints(workdir, name).get(trial_id, [])],
+                "tags": {
+                    k: v
+                    for k, v in sorted(tags.items())
+                    if not k.startswith("mlflow.") or k == "mlflow.runName"
+                },
+                "epoch": run.data.metrics.get("epoch"),
+            }
+        )
+    for trial_id, trial in ray_trials.items():
+        out.append({"ray.trial_id": trial_id, "ray_status": trial.status, "run_id": None})
+    if missing:
+        out.append({"ray": missing})
+    return out
+
+
+def counts(report: dict) -> dict:
+    """An `audit` without its per-run details: the figures to print or add up."""
+    return {k: v for k, v in report.items() if k != "children"}
 
 
 def assert_clean(report: dict, runs: int) -> None:
     """An `audit` of a sweep resumed to its end with nothing wrong: finished, `runs` MLflow
     child runs all FINISHED, none lost, run twice or duplicated, no stale Optuna trial, the
     Optuna and MLflow records agreeing, nothing left in the spool."""
-    assert report == {
-        **report,
+    clean = {
         "status": "finished",
         "runs": runs,
         "finished_runs": runs,
@@ -256,6 +306,14 @@ def assert_clean(report: dict, runs: int) -> None:
         "optuna_mismatch": 0,
         "spooled": 0,
     }
+    wrong = {
+        k: f"{report.get(k)!r}, expected {v!r}" for k, v in clean.items() if report.get(k) != v
+    }
+    if wrong:
+        children = "\n".join(f"  {child}" for child in report.get("children", []))
+        raise AssertionError(
+            f"audit differs: {wrong}\nwhole report: {counts(report)}\nruns:\n{children}"
+        )
 
 
 def _merge(seen: dict, later: dict) -> None:

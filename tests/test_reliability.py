@@ -23,6 +23,7 @@ from chaos import (
     child_runs,
     expected_trials,
     failpoint,
+    finished_trials,
     interrupt_and_resume,
     kill_resume_chain,
     optuna_trials,
@@ -37,9 +38,17 @@ from chaos import (
 from mlflow.tracking import MlflowClient
 from services import free_port, mlflow_server, ray_cluster
 
-from engine.checkpoint import CheckpointError, load_checkpoint, load_newest, save_checkpoint
+from engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_json,
+    load_newest,
+    save_checkpoint,
+)
 from engine.train import Run
+from sweep.stats import aggregate
 from sweep.stores import mask_url
+from sweep.trial import epochs_so_far
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +95,74 @@ def test_driver_sigkilled_three_times_then_resumed(tmp_path: Path) -> None:
     assert _last_checkpoint(workdir, "k", stalled) == f"checkpoint_{EPOCHS - 1:06d}"
     # The temporary file of the interrupted write never reached Ray's storage.
     assert not list((workdir / "k").rglob("*.tmp"))
+
+
+def test_resume_after_ray_deleted_the_checkpoint_its_saved_state_names(tmp_path: Path) -> None:
+    """Ray deletes a trial's checkpoints past `num_to_keep` when it records a newer one, and
+    saves its experiment state later in the same step (then copies it to storage in the
+    background). A driver killed in between leaves a state naming a deleted checkpoint: Ray
+    failed that trial on resume ("does not exist on storage anymore"), though it had
+    finished, and its MLflow run ended FAILED (the flaky SIGKILL chain test's 4 of 5)."""
+    space = write_space(tmp_path / "space.yaml", trials=2)
+    workdir, log = tmp_path / "w", tmp_path / "driver.log"
+    # The experiment state is then saved only when Ray forces it, after every second
+    # checkpoint of a trial: after checkpoint_000001. Recording checkpoint_000003 (the
+    # baseline's final one) deletes 000001, and the driver dies right there.
+    env = {**failpoint("die@3", tmp_path / "f"), "TUNE_GLOBAL_CHECKPOINT_S": "1000"}
+    driver = start_driver("run", "--space", space, "--workdir", workdir, "--name", "d",
+                          env=env, log=log)  # fmt: skip
+    try:
+        driver.wait(300)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    [trial] = _ray_trials(workdir, "d").values()
+    recorded = Path(trial.checkpoint.path)
+    assert trial.status != "TERMINATED" and recorded.name == "checkpoint_000001"
+    assert not recorded.exists()  # deleted by Ray itself, once 000003 was recorded
+    folders = trial_checkpoints(workdir, "d")[trial.trial_id]
+    assert [f.name for f in folders] == ["checkpoint_000002", "checkpoint_000003"]
+    before = finished_trials(workdir, "d")  # the baseline: a final checkpoint, run RUNNING
+    assert list(before) == [trial.trial_id] and before[trial.trial_id]["end"] is None
+
+    resumed = run_cli("resume", "d", "--workdir", workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_clean(audit(workdir, "d", before, expected=3), runs=3)
+    assert (
+        f"trial {trial.trial_id}: its recorded checkpoint_000001 was deleted before the driver "
+        "stopped; resuming it from checkpoint_000003"
+    ) in resumed.stderr
+    # Reported again from its final results, not trained again: 000002 holds epoch 3's state
+    # still, 000001 a copy of the final one.
+    folders = trial_checkpoints(workdir, "d")[trial.trial_id]
+    assert [sorted(p.name for p in f.iterdir()) for f in folders] == [
+        ["final"],
+        ["state.pt"],
+        ["final"],
+    ]
+    final = load_json(folders[-1] / "final" / "metrics.json")
+    client = MlflowClient(json.loads((workdir / "d" / "sweep.json").read_text())["tracking_uri"])
+    runs = {r.data.tags["ray.trial_id"]: r for r in child_runs(workdir, "d")}
+    assert runs[trial.trial_id].data.metrics["val/accuracy"] == final["val/accuracy"]
+    for run in runs.values():
+        assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
+    complete = optuna_trials(workdir, "d")
+    assert [t.state for t in complete] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+def test_a_resumed_trial_reports_every_epoch_so_far(small) -> None:
+    # Its first report after a restore carries them all, so MLflow (which logs each epoch
+    # once) also gets an epoch whose report a killed driver never processed.
+    runs = [Run(small()), Run(small("seed=1"))]
+    records = [[run.train_epoch() for run in runs] for _ in range(2)]
+    resumed = [Run(small()), Run(small("seed=1"))]
+    for run, source in zip(resumed, runs, strict=True):
+        run.load_state_dict(source.state_dict())
+    got = epochs_so_far(resumed)
+    assert [r["epoch"] for r in got] == [1, 2]
+    assert got[1]["loss"] == pytest.approx((records[1][0]["loss"] + records[1][1]["loss"]) / 2)
+    assert got == [{**aggregate(pair), "epoch": n} for n, pair in enumerate(records, 1)]
+    assert epochs_so_far([Run(small())]) == []  # a fresh start reports only its own epochs
 
 
 def test_default_space_ctrl_c_of_the_process_group_then_resumed(tmp_path: Path) -> None:
