@@ -8,6 +8,7 @@ import torch
 
 from engine.config import ConfigError, validate_config
 from engine.train import train
+from sweep.naming import engine_metrics
 from sweep.spaces import SEARCH_ARM
 from sweep.state import SweepState, TrialRow, load_run_json, trial_rows
 from sweep.stats import aggregate
@@ -58,5 +59,6 @@ def replay(state: SweepState, key: str) -> tuple[TrialRow, dict[str, float], dic
     """Returns (trial row, recorded final metrics, replayed metrics)."""
     row = find_trial(state, key)
     replayed = aggregate(retrain(state, row["mlflow_run_id"]))
-    recorded = mlflow_client(state.tracking_uri).get_run(row["mlflow_run_id"]).data.metrics
+    run = mlflow_client(state.tracking_uri).get_run(row["mlflow_run_id"])
+    recorded = engine_metrics(run.data.metrics)
     return row, recorded, replayed
