@@ -41,7 +41,7 @@ from engine.checkpoint import save_json
 from engine.config import ConfigError
 from sweep import plots
 from sweep.hypervolume import feasible, hypervolume_history, nadir
-from sweep.levels import Level, compare_levels, level_metrics, points_cell
+from sweep.levels import SEARCHED, Level, compare_levels, level_metrics, points_cell
 from sweep.naming import EXPERIMENT_TAGS
 from sweep.render import CSS, html_figure, html_table
 from sweep.state import SweepState, TrialRow, finished_study, load_state, trial_rows
@@ -223,14 +223,14 @@ def compare_sides(sides: Sequence[Side]) -> Comparison:
     left_out: list[str] = []
     first = sides[0]
     objectives = [o for o in first.objectives if all(o in s.objectives for s in sides)]
-    for side in sides:
-        for metric, direction in side.objectives:
-            if (metric, direction) not in objectives:
-                others = [s.name for s in sides if (metric, direction) not in s.objectives]
-                left_out.append(
-                    f"objective {metric} ({direction}) of {side.name}: not in "
-                    f"{', '.join(others)}, so not in the hypervolume nor the tables"
-                )
+    unshared = list(dict.fromkeys(o for s in sides for o in s.objectives if o not in objectives))
+    for metric, direction in unshared:
+        having = [s.name for s in sides if (metric, direction) in s.objectives]
+        others = [s.name for s in sides if (metric, direction) not in s.objectives]
+        left_out.append(
+            f"objective {metric} ({direction}) of {', '.join(having)}: not in "
+            f"{', '.join(others)}, so not in the hypervolume nor the tables"
+        )
     metrics = [
         m for m in level_metrics(first.state) if all(m in level_metrics(s.state) for s in sides)
     ]
@@ -240,10 +240,12 @@ def compare_sides(sides: Sequence[Side]) -> Comparison:
             left_out.append(
                 f"{side.name}: its space declares no density levels, so no per-level tables"
             )
-        only = [lv.density for lv in side.levels if lv.density not in levels]
-        if only and len(sides) > 1:
-            shown = ", ".join(f"{d:g}" for d in only)
-            left_out.append(f"density level {shown} of {side.name}: not in every sweep")
+    for density in sorted({lv.density for s in sides for lv in s.levels} - set(levels)):
+        having = [s.name for s in sides if s.level(density)]
+        others = [s.name for s in sides if not s.level(density)]
+        left_out.append(
+            f"density level {density:g} of {', '.join(having)}: not in {', '.join(others)}"
+        )
     differs = _differences(sides)
     seeds = sorted(set.intersection(*(set(s.seeds) for s in sides)))
     data = {k: v for k, v in differs.items() if k.startswith("data.")}
@@ -394,11 +396,11 @@ def level_rows(
     rows = []
     for side in c.sides:
         level = side.level(density)
+        if level is not None and level.note:  # why the level has no best searched trial
+            rows.append([side.name, SEARCHED, f"none: {level.note}", *["-"] * len(metrics)])
         for name, arm in (level.arms if level else {}).items():
             cells = [points_cell(arm.figures.get(m)) for m in metrics]
             rows.append([side.name, name, _trial_label(arm), *cells])
-        if level is not None and level.note:
-            rows.append([side.name, "-", level.note, *["-"] * len(metrics)])
     for pair, arms in c.deltas.get(density, {}).items():
         for arm, figures in arms.items():
             n = max(i.n for i in figures.values())
