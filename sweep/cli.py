@@ -5,6 +5,7 @@
     moonsweep presets                        # the named presets
     moonsweep list models                    # what can be named: models, suites, scores, ...
     moonsweep ui NAME                        # MLflow's UI (and optuna-dashboard) for a sweep
+    moonsweep compare A B                    # two sweeps side by side, per density level
 
 User mistakes print one `error: ...` line and exit with code 2, before anything is written.
 """
@@ -29,10 +30,12 @@ from engine.config import ConfigError, TrainConfig, load_config, preset_names
 from sweep import ui
 from sweep.crash import crash_home, write_crash_report
 from sweep.levels import compare_levels, level_comparison, levels_markdown
+from sweep.marks import mark_chosen, mark_experiment
+from sweep.naming import experiment_url
 from sweep.spaces import SEARCH_ARM
 from sweep.state import KEY_METRICS, default_workdir, load_state, trial_rows
 from sweep.status import format_table, leaders
-from sweep.stores import environment_defaults, mask_url, quiet_libraries
+from sweep.stores import environment_defaults, is_server, mask_url, quiet_libraries
 
 # How commands end on purpose (an exit code, a usage error): not crashes.
 _EXITS = (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit)
@@ -310,6 +313,8 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
     typer.echo(f"  optuna  {mask_url(state.storage_url)}  (study {name})")
     if state.tracking_uri.startswith("sqlite"):
         typer.echo(f"  browse  mlflow ui --backend-store-uri {state.tracking_uri} --host 127.0.0.1")
+        # MLflow 3.17 opens an experiment on GenAI's overview unless the link says otherwise.
+        typer.echo(f"  open    {experiment_url('http://127.0.0.1:5000', state.experiment_id)}")
     typer.echo("\nbaselines:")
     base = [r for r in rows if r["arm"] != SEARCH_ARM]
     typer.echo(
@@ -382,6 +387,7 @@ def select(
     if register:
         version = register_model(state, selection, register)
     chosen = selection.chosen
+    mark_chosen(state, chosen["mlflow_run_id"])  # the MLflow UI's `moonsweep.chosen` tag
     level = None
     if chosen.get("level") is not None:  # paired deltas against the arms of its own level
         rows = trial_rows(state, all_metrics=True)
@@ -492,6 +498,55 @@ def report(
 
 
 @app.command()
+def compare(
+    sweeps: Annotated[
+        list[str] | None,
+        typer.Argument(help="Two or more sweeps: names in --workdir, or sweep folders"),
+    ] = None,
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+    out: Annotated[
+        Path | None,
+        Opt(help="Folder for compare.html and its PNG (default: <workdir>/compare/A-vs-B)"),
+    ] = None,
+    mlflow_log: Annotated[
+        bool,
+        Opt(
+            "--mlflow/--no-mlflow", help="Also log it as a run of the moonsweep-compare experiment"
+        ),
+    ] = True,
+    tracking_uri: Annotated[
+        str | None, Opt(help="MLflow store for that run (default: the first sweep's)")
+    ] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the comparison as JSON")] = False,
+) -> None:
+    """Sweeps side by side: per density level each sweep's arms and paired deltas against the
+    first sweep, hypervolumes under one reference point, all trade-off curves on one plot."""
+    _crash_reports_to(workdir)
+    from sweep.compare import (  # lazy: matplotlib (seconds)
+        as_json as comparison_json,
+    )
+    from sweep.compare import (
+        compare_sweeps,
+        comparison_markdown,
+        default_out,
+        describe_written,
+        log_comparison,
+        write_comparison,
+    )
+
+    quiet_libraries()
+    comparison = compare_sweeps(sweeps or [], workdir)
+    written = write_comparison(comparison, out or default_out(comparison))
+    if mlflow_log:
+        log_comparison(comparison, written, tracking_uri)
+    if as_json:
+        typer.echo(comparison_json(comparison))
+        return
+    typer.echo(comparison_markdown(comparison))
+    typer.echo("\n" + describe_written(written))
+
+
+@app.command()
 def presets() -> None:
     """List the named training presets."""
     for name in preset_names():
@@ -530,6 +585,8 @@ def ui_(
     installed: the optional extra `dashboard`) on 127.0.0.1, until Ctrl-C."""
     _crash_reports_to(workdir, name)
     state, folder = load_state(name, workdir)
+    if not is_server(state.tracking_uri):  # a sweep from before the kind tag opens on its runs
+        mark_experiment(state)
     ui.serve(state, folder, port, dashboard_port, echo=typer.echo)
 
 

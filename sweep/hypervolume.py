@@ -11,7 +11,8 @@ when none is feasible). Only feasible trials add volume, so an infeasible trial 
 or collapsed one) must not stretch the box: it would shrink every real difference to a
 sliver. It is deterministic given the trials, every feasible trial lies on or inside it,
 and a trial on it adds no volume. Studies compared with each other must share one
-reference point (`nadir([study_a, study_b])`).
+reference point (`nadir([study_a, study_b])`); `moonsweep compare` moves it out by a
+margin (`nadir(studies, margin=0.1)`), so that no trial of a compared sweep counts zero.
 
 Example:
     >>> import optuna  # doctest: +SKIP
@@ -41,10 +42,15 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
-def nadir(studies: Sequence[optuna.Study]) -> list[float]:
+def nadir(studies: Sequence[optuna.Study], margin: float = 0.0) -> list[float]:
     """Per objective, the worst value over the complete feasible trials of `studies` (over
     all complete trials if none is feasible); one shared direction per objective. Raises
-    ValueError when no study holds a complete trial."""
+    ValueError when no study holds a complete trial.
+
+    `margin` moves the point that fraction of each objective's range (of its value, or 1,
+    where every trial has the same value) further out, so that a trial on the nadir adds
+    volume too: comparing sweeps, a sweep whose trials all sit at the worst density must not
+    score 0."""
     directions = studies[0].directions
     complete = [
         t
@@ -54,10 +60,14 @@ def nadir(studies: Sequence[optuna.Study]) -> list[float]:
     if not complete:
         raise ValueError("no complete trial to set a hypervolume reference point from")
     table = np.asarray([t.values for t in complete if feasible(t)] or [t.values for t in complete])
-    return [
-        float(table[:, i].min() if d == StudyDirection.MAXIMIZE else table[:, i].max())
-        for i, d in enumerate(directions)
-    ]
+    out = []
+    for i, direction in enumerate(directions):
+        low, high = float(table[:, i].min()), float(table[:, i].max())
+        maximize = direction == StudyDirection.MAXIMIZE
+        worst = low if maximize else high
+        spread = (high - low) or abs(worst) or 1.0
+        out.append(worst - margin * spread if maximize else worst + margin * spread)
+    return out
 
 
 def plot_history(study: optuna.Study, reference: Sequence[float]) -> Axes:

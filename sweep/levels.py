@@ -190,7 +190,9 @@ def _deltas(arms: Mapping[str, LevelArm], metrics: Sequence[str]) -> dict[str, d
     return out
 
 
-def _cell(interval: Interval | None, signed: bool = False) -> str:
+def points_cell(interval: Interval | None, signed: bool = False) -> str:
+    """A table cell in points (x100, one decimal): `mean [low, high]`; a `signed` (paired
+    delta) cell gets a * where its interval excludes 0; `-` when missing."""
     if interval is None:
         return "-"
     fmt = "{:+.1f}" if signed else "{:.1f}"
@@ -220,10 +222,10 @@ def levels_markdown(levels: Sequence[Level], part: str = "test") -> str:
         ]
         for name, arm in lv.arms.items():
             trial = f"optuna {arm.optuna}" if arm.optuna >= 0 else arm.trial
-            cells = [_cell(arm.figures.get(m)) for m in metrics]
+            cells = [points_cell(arm.figures.get(m)) for m in metrics]
             lines.append(f"| {name} | {trial} | " + " | ".join(cells) + " |")
         for pair, per_metric in lv.deltas.items():
-            cells = [_cell(per_metric.get(m), signed=True) for m in metrics]
+            cells = [points_cell(per_metric.get(m), signed=True) for m in metrics]
             lines.append(f"| {pair} | paired | " + " | ".join(cells) + " |")
         if lv.note:
             lines.append(f"\n{lv.note}")

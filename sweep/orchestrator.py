@@ -41,6 +41,8 @@ from sweep.cluster import (
     unreachable_address,
 )
 from sweep.levels import compare_levels, log_levels
+from sweep.marks import mark_experiment, mark_findings
+from sweep.naming import EXPERIMENT_TAGS
 from sweep.progress import LiveView
 from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
@@ -187,7 +189,7 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     artifact_root = (
         (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
     )
-    experiment_id = ensure_experiment(client, f"moonsweep-{name}", artifact_root)
+    experiment_id = ensure_experiment(client, f"moonsweep-{name}", artifact_root, EXPERIMENT_TAGS)
     # Masked: a storage or tracking URL on the command line may carry a password.
     command = mask_url(shlex.join(["moonsweep", *sys.argv[1:]])) if sys.argv else ""
     parent = client.create_run(
@@ -199,6 +201,7 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
             "moonsweep.git_commit": _git_commit(),
             "moonsweep.space": opts.space,
             "moonsweep.optuna_storage": mask_url(storage_url),
+            "moonsweep.kind": "sweep",
             **{f"version.{k}": v for k, v in library_versions().items()},
         },
     )
@@ -239,6 +242,7 @@ def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]
             "already_finished": True,
         }
     check_stores(state.tracking_uri, state.storage_url)
+    mark_experiment(state)  # a sweep started before the UI's kind tag opens on its runs too
     return _run(state, folder, restore=True)
 
 
@@ -359,7 +363,9 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         return {"name": state.name, "status": "interrupted", "folder": str(folder)}
     cleanup = reconcile(state, {t.trial_id for t in trials})
-    log_levels(state, compare_levels(state))
+    levels = compare_levels(state)
+    log_levels(state, levels)
+    mark_findings(state, levels)
     mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED")
     state.status = "finished"
     save_json(folder / "sweep.json", state.model_dump())

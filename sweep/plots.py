@@ -305,6 +305,94 @@ def levels_tradeoff(
     return fig
 
 
+# Per arm of the cross-sweep trade-off plot: (line style, marker); the colour is the sweep's.
+SWEEP_ARM_STYLES = {
+    SEARCHED: ("-", "o"),
+    "moon_auto": ("--", "D"),
+    "sparse": (":", "s"),
+    "sparse+voting": ("-.", "v"),
+}
+SWEEP_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def sweeps_tradeoff(
+    per_sweep: Mapping[str, Sequence[Mapping[str, Any]]],
+    part: str = "test",
+    metrics: Sequence[str] = TRADEOFF_METRICS,
+) -> Figure:
+    """The trade-off curves of several sweeps on one plot: per metric an axis against
+    density, per sweep a colour, per arm a line style (the level's best searched trial solid,
+    moon_auto dashed, sparse dotted, sparse+voting dash-dot), the 95% interval of each
+    sweep's searched line as a band (clipped to [0, 1]), and each sweep's dense as a thin
+    horizontal line in its colour.
+
+    `per_sweep` maps a sweep's name to its levels (`sweep.levels.Level.as_dict()` dicts)."""
+    prefix = "val/" if part == "val" else ""
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5.5 * len(metrics), 4.6), constrained_layout=True, squeeze=False
+    )
+    densities = sorted({float(lv["density"]) for levels in per_sweep.values() for lv in levels})
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        key = prefix + metric
+        for (name, levels), colour in zip(per_sweep.items(), SWEEP_COLOURS * 4, strict=False):
+            ordered = sorted(levels, key=lambda lv: float(lv["density"]))
+            for arm, (style, marker) in SWEEP_ARM_STYLES.items():
+                points = [
+                    (float(lv["density"]), lv["arms"][arm]["figures"][key])
+                    for lv in ordered
+                    if key in lv["arms"].get(arm, {}).get("figures", {})
+                ]
+                if not points:
+                    continue
+                xs = np.array([x for x, _ in points])
+                mean = np.array([float(f["mean"]) for _, f in points])
+                low = np.clip([float(f["low"]) for _, f in points], 0.0, 1.0)
+                high = np.clip([float(f["high"]) for _, f in points], 0.0, 1.0)
+                ax.plot(
+                    xs,
+                    mean,
+                    ls=style,
+                    marker=marker,
+                    color=colour,
+                    ms=5,
+                    lw=1.5,
+                    label=f"{name}: {arm}",
+                    zorder=3,
+                )
+                if arm == SEARCHED:  # one band per sweep: eight would hide the lines
+                    ax.fill_between(xs, low, high, color=colour, alpha=0.12, lw=0)
+            dense = next(
+                (
+                    lv["arms"]["dense"]["figures"][key]
+                    for lv in ordered
+                    if key in lv["arms"].get("dense", {}).get("figures", {})
+                ),
+                None,
+            )
+            if dense is not None:
+                ax.axhline(
+                    float(dense["mean"]),
+                    color=colour,
+                    ls=(0, (1, 3)),
+                    lw=1.2,
+                    label=f"{name}: dense",
+                )
+        ax.set_xscale("log")
+        if densities:
+            ax.set_xticks(densities)
+            ax.set_xticklabels([f"{d:g}" for d in densities])
+        ax.minorticks_off()
+        ax.set_xlabel("density (level)")
+        ax.set_ylabel(key)
+        ax.set_title(f"{metric} ({'validation' if prefix else 'test'}), mean and 95% interval")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        columns = min(len(labels), len(SWEEP_ARM_STYLES) + 1)
+        fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=8)
+    return fig
+
+
 def alpha_schedules(
     histories: Mapping[str, Sequence[tuple[int, float]]],
     modes: Mapping[str, str],

@@ -138,7 +138,7 @@ def _cell(interval: Interval, signed: bool = False) -> str:
     return f"{mean} [{fmt.format(100 * interval.low)}, {fmt.format(100 * interval.high)}]"
 
 
-def _table(head: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
+def html_table(head: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
     """An HTML table; no header row when `head` is empty."""
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     thead = f"<thead><tr>{cells}</tr></thead>" if head else ""
@@ -177,14 +177,14 @@ def _comparison_html(summary: dict[str, Any], part: str) -> str:
         [labels.get(arm, arm), *(_cell(Interval(**figures[m])) for m in metrics)]
         for arm, figures in table.items()
     ]
-    out = _table(["arm", *metrics], body)
+    out = html_table(["arm", *metrics], body)
     if deltas:
         body = [
             [f"best searched - {labels.get(arm, arm)}"]
             + [_cell(Interval(**figures[m]), signed=True) for m in metrics]
             for arm, figures in deltas.items()
         ]
-        out += _table(["paired delta (points)", *metrics], body)
+        out += html_table(["paired delta (points)", *metrics], body)
     return out
 
 
@@ -222,7 +222,7 @@ def levels_html(levels: Sequence[dict[str, Any]], part: str = "test") -> str:
         note = html.escape(lv["note"]) + "." if lv["note"] else "every arm present."
         out.append(
             f"<h3>density {lv['density']:g}</h3><p class=note>{seeds} paired seeds; {note}</p>"
-            + _table(["arm", "trial", *metrics], body, css="level")
+            + html_table(["arm", "trial", *metrics], body, css="level")
         )
     return "".join(out)
 
@@ -239,7 +239,8 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
 """
 
 
-def _figure(images: dict[str, bytes], name: str, caption: str) -> str:
+def html_figure(images: dict[str, bytes], name: str, caption: str) -> str:
+    """A PNG of `images` embedded as a data URI, with its caption."""
     data = base64.b64encode(images[name]).decode()
     return (
         f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
@@ -252,7 +253,7 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     chosen = summary["chosen"]
     trials = summary["trials"]
     objectives = ", ".join(f"{m} ({d})" for m, d in summary["objectives"])
-    header = _table(
+    header = html_table(
         [],
         [
             ["sweep", summary["name"]],
@@ -275,7 +276,7 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     ]
     if chosen:
         parts.append(
-            _table(
+            html_table(
                 [
                     "trial",
                     "arm",
@@ -324,8 +325,8 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
             f"Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the seeds; "
             "paired deltas are per seed (* where the interval excludes 0).</p>"
         )
-        parts.append(_figure(images, "levels.png", captions.get("levels.png", "")))
-        parts.append(_table([], [[k, v] for k, v in LEVEL_ARMS_TEXT.items()], css="kv"))
+        parts.append(html_figure(images, "levels.png", captions.get("levels.png", "")))
+        parts.append(html_table([], [[k, v] for k, v in LEVEL_ARMS_TEXT.items()], css="kv"))
         parts.append("<h3>Test parts</h3>" + levels_html(summary["levels"], "test"))
         parts.append(
             "<details><summary>Validation parts (what chose the best searched trial)</summary>"
@@ -347,11 +348,11 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
         ("Hypervolume against trial count", "hypervolume.png"),
     ]
     for title, name in sections:
-        parts.append(f"<h2>{esc(title)}</h2>" + _figure(images, name, captions.get(name, "")))
+        parts.append(f"<h2>{esc(title)}</h2>" + html_figure(images, name, captions.get(name, "")))
     parts.append("<h2>All trials</h2>")
     columns = ["trial", "arm", "level", "state", "optuna", "sparsity.method", "density"]
     columns += ["moon.alpha_mode"]
     columns += ["val/accuracy", "val/auroc_near", "val/ece", "accuracy", "auroc_near", "ece"]
-    parts.append(_table(columns, [[format_value(r.get(c)) for c in columns] for r in trials]))
+    parts.append(html_table(columns, [[format_value(r.get(c)) for c in columns] for r in trials]))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -9,6 +9,7 @@ import torch
 from engine.config import ConfigError, validate_config
 from engine.test_time import TestTime, collected_modes, pick, variant_name, variants
 from engine.train import Run, TrainResult, train
+from sweep.naming import engine_metrics
 from sweep.spaces import SEARCH_ARM
 from sweep.state import SweepState, TrialRow, load_run_json, trial_rows
 from sweep.stats import aggregate
@@ -94,7 +95,7 @@ def replay(state: SweepState, key: str) -> tuple[TrialRow, dict[str, float], dic
     kept, per_seed = retrain_trial(state, row["mlflow_run_id"], repick=True)
     replayed: dict = aggregate(per_seed)
     run = mlflow_client(state.tracking_uri).get_run(row["mlflow_run_id"])
-    recorded: dict = dict(run.data.metrics)
+    recorded: dict = engine_metrics(run.data.metrics)
     if kept is not None:
         recorded["test_time_pick"] = run.data.tags.get("moonsweep.test_time", "")
         replayed["test_time_pick"] = kept

@@ -440,7 +440,12 @@ def with_settings(space: SearchSpace, overrides: list[str]) -> SearchSpace:
                 f"--set {key}: the space searches this setting (parameters.{key}); "
                 "a fixed value would replace the search: edit a copy of the space instead"
             )
-        arms = [arm for arm, settings in space.baselines.items() if key in settings]
+        # A sparse method for every sparse arm: dense stays dense (its own value wins).
+        arms = [
+            arm
+            for arm, settings in space.baselines.items()
+            if key in settings and not (key == "sparsity.method" and settings[key] == DENSE)
+        ]
         if arms:
             raise ConfigError(
                 f"--set {key}: baseline {arms[0]} sets its own value; "

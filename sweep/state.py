@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from engine.checkpoint import load_json
 from engine.config import ConfigError
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
+from sweep.naming import ARM_TAG, LEVEL_TAG, engine_metrics
 from sweep.spaces import SEARCH_ARM
 from sweep.stores import load_study, mlflow_client
 
@@ -132,7 +133,8 @@ def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState
 
 def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
     """One row per trial (MLflow child run), baselines first; `all_metrics` adds every final
-    metric, not only KEY_METRICS (as MLflow names them: `val/auroc_near`, `std/val/accuracy`)."""
+    metric, not only KEY_METRICS (under the engine's names: `val/auroc_near`,
+    `std/val/accuracy`, `val/auroc/<set>`; `sweep.naming` says how MLflow groups them)."""
     runs = mlflow_client(state.tracking_uri).search_runs(
         [state.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'",
@@ -140,11 +142,12 @@ def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
     )
     rows: list[TrialRow] = []
     for run in runs:
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        # Metrics under the engine's names (the detail ones are grouped in MLflow).
+        tags, params, metrics = run.data.tags, run.data.params, engine_metrics(run.data.metrics)
         row: dict[str, Any] = {
             "trial": tags.get("ray.trial_id", ""),
-            "arm": tags.get("moonsweep.arm", ""),
-            "level": float(tags["moonsweep.level"]) if "moonsweep.level" in tags else None,
+            "arm": tags.get(ARM_TAG, ""),
+            "level": float(tags[LEVEL_TAG]) if LEVEL_TAG in tags else None,
             "state": (
                 COLLAPSED
                 if tags.get("moonsweep.failure") == COLLAPSED

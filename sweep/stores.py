@@ -24,6 +24,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
@@ -134,12 +135,21 @@ def unreachable(tracking_uri: str, timeout: float = 5.0) -> str | None:
         return mask_url(str(reason))
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
-    """The id of the experiment `name`, created (with `artifact_root`) if it is new."""
+def ensure_experiment(
+    client: MlflowClient,
+    name: str,
+    artifact_root: str | None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """The id of the experiment `name`, created (with `artifact_root`) if it is new, with
+    `tags` set (on an existing one too, where they differ)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_root, tags=tags)
+    for key, value in (tags or {}).items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 # -- Optuna ------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from sweep.failures import RAY, failure_of, reason_of
-from sweep.spaces import SEARCH_ARM, SearchSpace, arm_label
+from sweep.naming import mlflow_metric, trial_name, trial_tags
+from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.spool import Spool
 from sweep.state import FINAL_DIR, PARENT_TAG
 from sweep.stores import library_versions, mask_url, mlflow_client, unreachable
@@ -55,8 +56,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def numeric_metrics(result: dict[str, Any], step: int, ts: int) -> list[Metric]:
+    """A report's figures as MLflow metrics, under the keys `sweep.naming` gives them."""
     return [
-        Metric(key, float(value), ts, step)
+        Metric(mlflow_metric(key), float(value), ts, step)
         for key, value in result.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and _loggable(key)
     ]
@@ -268,19 +270,18 @@ class MlflowTracking(tune.Callback):
 
     def _create(self, trial_id: str, config: dict[str, Any]) -> str:
         arm, level = config.get("arm", SEARCH_ARM), config.get("level")
+        optuna_trial = int(config.get("optuna_trial", -1))
+        configs = self.space.arm_configs(config)
         tags = {
             PARENT_TAG: self.parent_run_id,
             "ray.trial_id": trial_id,
-            "optuna.trial_number": str(config.get("optuna_trial", -1)),
-            "moonsweep.arm": arm,
+            "optuna.trial_number": str(optuna_trial),
             "moonsweep.seeds": ",".join(str(s) for s in self.space.seeds),
+            **trial_tags(arm, level, configs[0]),
         }
-        if level is not None:  # the density level its comparisons are made at
-            tags["moonsweep.level"] = f"{level:g}"
-        name = f"{arm_label(arm, level)}-{trial_id}"
+        name = trial_name(arm, level, optuna_trial, configs[0])
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        configs = self.space.arm_configs(config)
         params = flatten(configs[0].model_dump(mode="json"))
         params["seed"] = ",".join(str(c.seed) for c in configs)
         params.update({f"searched.{k}": v for k, v in config.get("params", {}).items()})

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from engine.config import ConfigError
+from sweep.naming import experiment_url
 from sweep.state import SweepState
 from sweep.stores import is_server, mask_url
 
@@ -154,7 +155,7 @@ def serve(
         deadline = time.monotonic() + START_SECONDS
         for server in servers:
             server.wait_ready(deadline)
-        echo(f"mlflow  http://{HOST}:{port}/#/experiments/{state.experiment_id}")
+        echo(f"mlflow  {experiment_url(f'http://{HOST}:{port}', state.experiment_id)}")
         if dashboard is not None:
             echo(f"optuna  http://{HOST}:{dashboard_port}/dashboard/")
         else:

@@ -119,7 +119,8 @@ def test_ui_serves_the_sweeps_runs_and_stops(tmp_path: Path) -> None:
     try:
         line = proc.stdout.readline()  # the first line comes once the UI answers
         assert line.strip() == (
-            f"mlflow  http://127.0.0.1:{port}/#/experiments/{state.experiment_id}"
+            f"mlflow  http://127.0.0.1:{port}/#/experiments/{state.experiment_id}/runs"
+            "?workflowType=machine_learning"
         ), proc.stderr.read() if proc.poll() is not None else line
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200
