@@ -20,8 +20,8 @@ epoch once, and so gets those whose reports a killed driver never processed.
 `restore_missing_checkpoints` runs in the driver before a resume: Ray deletes a trial's
 checkpoints past `num_to_keep` as soon as it records a newer one, but writes its experiment
 state to storage later (in the background), so a driver killed in between leaves a state
-that names a deleted checkpoint. Ray would fail that trial ("does not exist on storage
-anymore"), even one that had finished; a copy of the newest checkpoint it left is put back.
+that names deleted checkpoints. Ray would fail the trial ("does not exist on storage
+anymore"), even one that had finished, so they are put back first.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ def _restore(checkpoint: tune.Checkpoint, directory: Path) -> tuple[list[dict], 
     return payload["runs"], note
 
 
+def _exists(fs: pyarrow.fs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
 def _usable(fs: pyarrow.fs.FileSystem, folder: str) -> bool:
     """A checkpoint folder `run_trial` can go on from: final results or a state file."""
     wanted = [posixpath.join(folder, FINAL_DIR, "metrics.json"), posixpath.join(folder, STATE_FILE)]
@@ -83,41 +87,45 @@ def _usable(fs: pyarrow.fs.FileSystem, folder: str) -> bool:
 
 
 def restore_missing_checkpoints(trials: list[Any]) -> list[str]:
-    """For each trial Ray will resume whose recorded checkpoint is gone from storage, put a
-    copy of the newest usable checkpoint beside it in its place; one line per copy.
+    """Put back the checkpoints that Ray's saved state names for a trial it will resume but
+    that are gone from storage (see the module's docstring); one line per trial mended.
 
-    Ray resumes a trial from the checkpoint its saved experiment state names. When a killed
-    driver had already deleted that one (see the module's docstring), the trial's folder
-    still holds the newer ones Ray recorded after it: the newest is what the trial had
-    reached (its final results, if it had finished). `trials`: Ray's, from the experiment
-    state that `Tuner.restore` reads. Nothing is done for a checkpoint that is still there.
+    The one Ray resumes from (the newest named) becomes a copy of the second-newest usable
+    checkpoint the trial left after it: Ray had recorded that one, so every epoch up to it
+    reached MLflow, and at most one report's epochs are trained again. (The newest may be
+    one that a worker wrote after its driver died: never recorded, perhaps incomplete.)
+    The older ones named become empty folders, which Ray deletes as the trial goes on: it
+    fails on one already gone, and then writes later checkpoints over earlier ones.
+    `trials`: Ray's, from the saved state `Tuner.restore` reads.
     """
     notes = []
     for trial in trials:
-        checkpoint = trial.checkpoint
-        if trial.status == "TERMINATED" or checkpoint is None:
-            continue  # finished trials are not restored; unstarted ones start afresh
-        fs, path = checkpoint.filesystem, checkpoint.path
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-            continue
-        selector = pyarrow.fs.FileSelector(posixpath.dirname(path), allow_not_found=True)
-        siblings = sorted(
-            (
+        latest = trial.checkpoint
+        if trial.status == "TERMINATED" or latest is None:
+            continue  # finished trials are not resumed; unstarted ones start afresh
+        fs, path = latest.filesystem, latest.path
+        if not _exists(fs, path):
+            selector = pyarrow.fs.FileSelector(posixpath.dirname(path), allow_not_found=True)
+            later = sorted(  # zero-padded indices: oldest first
                 info.path
                 for info in fs.get_file_info(selector)
                 if info.type == pyarrow.fs.FileType.Directory
                 and CHECKPOINT_NAME.fullmatch(info.base_name)
-            ),
-            reverse=True,  # zero-padded indices: the newest first
-        )
-        source = next((folder for folder in siblings if _usable(fs, folder)), None)
-        if source is None:
-            continue  # nothing to go on from: Ray fails the trial with its own message
-        pyarrow.fs.copy_files(source, path, source_filesystem=fs, destination_filesystem=fs)
-        notes.append(
-            f"trial {trial.trial_id}: its recorded {posixpath.basename(path)} was deleted "
-            f"before the driver stopped; resuming it from {posixpath.basename(source)}"
-        )
+                and info.base_name > posixpath.basename(path)
+                and _usable(fs, info.path)
+            )
+            if not later:
+                continue  # nothing to go on from: Ray fails the trial with its own message
+            source = later[-2] if len(later) > 1 else later[-1]
+            fs.create_dir(path)  # copy_files makes the folders inside it, not the folder
+            pyarrow.fs.copy_files(source, path, source_filesystem=fs, destination_filesystem=fs)
+            notes.append(
+                f"trial {trial.trial_id}: its recorded {posixpath.basename(path)} was deleted "
+                f"before the driver stopped; resuming it from {posixpath.basename(source)}"
+            )
+        for kept in trial.run_metadata.checkpoint_manager.best_checkpoint_results:
+            if not _exists(fs, kept.checkpoint.path):
+                fs.create_dir(kept.checkpoint.path)
     return notes
 
 

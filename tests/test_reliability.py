@@ -38,13 +38,7 @@ from chaos import (
 from mlflow.tracking import MlflowClient
 from services import free_port, mlflow_server, ray_cluster
 
-from engine.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_json,
-    load_newest,
-    save_checkpoint,
-)
+from engine.checkpoint import CheckpointError, load_checkpoint, load_newest, save_checkpoint
 from engine.train import Run
 from sweep.stats import aggregate
 from sweep.stores import mask_url
@@ -128,24 +122,18 @@ def test_resume_after_ray_deleted_the_checkpoint_its_saved_state_names(tmp_path:
     resumed = run_cli("resume", "d", "--workdir", workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_clean(audit(workdir, "d", before, expected=3), runs=3)
+    # From the second-newest checkpoint it left (the newest might be one Ray never recorded);
+    # the deleted 000000 put back empty, so Ray's own clean-up of it does not fail either.
     assert (
         f"trial {trial.trial_id}: its recorded checkpoint_000001 was deleted before the driver "
-        "stopped; resuming it from checkpoint_000003"
+        "stopped; resuming it from checkpoint_000002"
     ) in resumed.stderr
-    # Reported again from its final results, not trained again: 000002 holds epoch 3's state
-    # still, 000001 a copy of the final one.
-    folders = trial_checkpoints(workdir, "d")[trial.trial_id]
-    assert [sorted(p.name for p in f.iterdir()) for f in folders] == [
-        ["final"],
-        ["state.pt"],
-        ["final"],
-    ]
-    final = load_json(folders[-1] / "final" / "metrics.json")
+    assert "Error handling checkpoint" not in resumed.stderr
     client = MlflowClient(json.loads((workdir / "d" / "sweep.json").read_text())["tracking_uri"])
-    runs = {r.data.tags["ray.trial_id"]: r for r in child_runs(workdir, "d")}
-    assert runs[trial.trial_id].data.metrics["val/accuracy"] == final["val/accuracy"]
-    for run in runs.values():
+    for run in child_runs(workdir, "d"):
         assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "final")}
+        assert "final/metrics.json" in names and "final/model-seed0.pt" in names
     complete = optuna_trials(workdir, "d")
     assert [t.state for t in complete] == [optuna.trial.TrialState.COMPLETE] * 2
 
