@@ -345,6 +345,10 @@ def test_a_collapsed_trial_is_never_a_candidate_nor_on_a_front(swept) -> None:
         assert [r["mlflow_run_id"] for r in group] == [ids["trains"]]
     assert selection.chosen["mlflow_run_id"] == ids["trains"]
     assert [r["optuna"] for r in leaders(state)] == [rows["trains"]["optuna"]]
+    client = MlflowClient(state.tracking_uri)
+    for case, on in (("trains", "true"), ("collapses", "false"), ("diverges", "false")):
+        tags = client.get_run(rows[case]["mlflow_run_id"]).data.tags  # what the UI filters on
+        assert (tags["moonsweep.front"], tags["moonsweep.best_at_level"]) == (on, on), case
     sparse, dense = compare_levels(state)
     assert sparse.density == 0.001 and "searched" not in sparse.arms
     assert "collapsed" in sparse.note
