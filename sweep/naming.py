@@ -11,7 +11,8 @@ Every name MLflow shows is made here, so the writer (`sweep.tracking`) and every
 - a trial's run is named by its arm, its Optuna number (searched trials), its density and
   its key settings: `search#3@0.05 rigl moon:fixed`, `moon_auto@0.05 rigl`, `dense`;
 - its tags say the same for grouping: `moonsweep.arm`, `moonsweep.level`,
-  `moonsweep.method`, `moonsweep.moon` (auto, fixed or off), `moonsweep.voting`; after the
+  `moonsweep.method`, `moonsweep.moon` (auto, fixed or off), `moonsweep.voting` (for a
+  test-time voting choice, the mode it kept); after the
   sweep `moonsweep.front` and `moonsweep.best_at_level`, after `select` `moonsweep.chosen`;
 - headline figures keep their short names (`accuracy`, `auroc_near`, `val/ece`, `density`,
   `std/val/accuracy`); the detail ones go under one prefix per kind, which the UI's charts
@@ -40,6 +41,7 @@ from collections.abc import Mapping
 from engine.config import TrainConfig
 from engine.metrics import OOD_METRICS
 from engine.scores import scores
+from engine.test_time import TestTime, collected_modes
 from sweep.spaces import SEARCH_ARM
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -143,17 +145,33 @@ def trial_name(arm: str, level: float | None, optuna: int, cfg: TrainConfig) -> 
     return run_name(arm, level, optuna, cfg.sparsity.method, cfg.sparsity.density, moon_mode(cfg))
 
 
-def trial_tags(arm: str, level: float | None, cfg: TrainConfig) -> dict[str, str]:
-    """The tags a trial's run is grouped and filtered by in the MLflow UI."""
+def trial_tags(
+    arm: str, level: float | None, cfg: TrainConfig, test_time: TestTime | None = None
+) -> dict[str, str]:
+    """The tags a trial's run is grouped and filtered by in the MLflow UI. A trial whose
+    voting mode is a test-time choice (`test_time`) is tagged `test-time` until its pick is
+    known (`kept_voting`)."""
+    voting = "test-time" if collected_modes(cfg, test_time) else cfg.voting.mode
     tags = {
         ARM_TAG: arm,
         METHOD_TAG: cfg.sparsity.method,
         MOON_TAG: moon_mode(cfg),
-        VOTING_TAG: cfg.voting.mode,
+        VOTING_TAG: voting,
     }
     if level is not None:  # the density level its comparisons are made at
         tags[LEVEL_TAG] = f"{level:g}"
     return tags
+
+
+def kept_voting(pick: str) -> str:
+    """The voting mode of a test-time pick (`engine.test_time.Variant.name`: `<mode>/<score>`,
+    or `<score>` without voting).
+
+    >>> kept_voting("predictions/dice@70"), kept_voting("msp")
+    ('predictions', 'off')
+    """
+    mode, slash, _ = pick.partition("/")
+    return mode if slash else "off"
 
 
 def flag(value: bool) -> str:

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from sweep.failures import RAY, failure_of, reason_of
-from sweep.naming import mlflow_metric, trial_name, trial_tags
+from sweep.naming import VOTING_TAG, kept_voting, mlflow_metric, trial_name, trial_tags
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.spool import Spool
 from sweep.state import FINAL_DIR, PARENT_TAG
@@ -277,7 +277,7 @@ class MlflowTracking(tune.Callback):
             "ray.trial_id": trial_id,
             "optuna.trial_number": str(optuna_trial),
             "moonsweep.seeds": ",".join(str(s) for s in self.space.seeds),
-            **trial_tags(arm, level, configs[0]),
+            **trial_tags(arm, level, configs[0], self.space.test_time_for(config)),
         }
         name = trial_name(arm, level, optuna_trial, configs[0])
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
@@ -366,7 +366,9 @@ class MlflowTracking(tune.Callback):
                     if folder.is_dir():
                         self.client.log_artifacts(run_id, str(folder), artifact_path="final")
             if "test_time_pick" in result:  # the variant its rule kept (final/variants.json)
-                self.client.set_tag(run_id, "moonsweep.test_time", str(result["test_time_pick"]))
+                pick = str(result["test_time_pick"])
+                self.client.set_tag(run_id, "moonsweep.test_time", pick)
+                self.client.set_tag(run_id, VOTING_TAG, kept_voting(pick))
             if result.get("raced_out"):
                 # Raced out after its first seeds (sweep/racing.py): an estimate, never a
                 # candidate; KILLED like a trial stopped early, tagged with the reference.

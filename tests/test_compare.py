@@ -1,5 +1,5 @@
 """Experiment comparison (issue 16) on three small real sweeps in one work dir (embedded Ray,
-MLflow and Optuna on SQLite, tiny real trainings): `a` (RigL, levels 0.05 and 0.2), `b` (the
+MLflow and Optuna on SQLite, tiny real trainings): `a` (RigL, levels 0.1 and 0.2), `b` (the
 same space with `--set sparsity.method=set`) and `c` (other objectives, one level, another
 data split). `moonsweep compare`'s deltas follow from both stores' per-seed records, its
 reference point holds every feasible trial, what it cannot compare it says; the runs read
@@ -39,9 +39,12 @@ from sweep.naming import (
     FRONT_TAG,
     GROUPS,
     MODEL_TRAINING,
+    VOTING_TAG,
     experiment_url,
+    kept_voting,
     mlflow_metric,
     run_name,
+    trial_tags,
 )
 from sweep.spaces import load_space, with_settings
 from sweep.state import PARENT_TAG, load_run_json, load_state, trial_rows
@@ -56,9 +59,9 @@ SEEDS = [0, 1]
 SPACE = (
     SMALL_SET
     + """  sparsity.method: rigl
-levels: [0.05, 0.2]
+levels: [0.1, 0.2]
 parameters:
-  sparsity.density: {distribution: categorical, choices: [0.05, 0.2]}
+  sparsity.density: {distribution: categorical, choices: [0.1, 0.2]}
   moon.alpha_mode: {distribution: categorical, choices: [auto, fixed]}
   moon.init_factor: {distribution: log_uniform, low: 1, high: 256, when: {moon.alpha_mode: auto}}
   moon.alpha: {distribution: log_uniform, low: 0.01, high: 10, when: {moon.alpha_mode: fixed}}
@@ -69,7 +72,7 @@ objectives:
   - {metric: density, direction: minimize}
 constraints:
   - {metric: val/accuracy, op: ">=", baseline: dense, offset: -0.9}
-sampler: {name: random, seed: 3}  # trial 0 at level 0.2, trial 1 at 0.05
+sampler: {name: random, seed: 3}  # trial 0 at level 0.2, trial 1 at 0.1 (SET collapses at 0.05)
 seeds: [0, 1]
 budget: {trials: 2, max_concurrent: 2}
 early_stopping: null
@@ -150,7 +153,7 @@ def _cell(mean: float, low: float, high: float) -> str:
 def test_deltas_between_sweeps_equal_the_per_seed_differences(swept) -> None:
     client, states = swept["client"], swept["states"]
     comparison = compare_sweeps(["a", "b"], swept["workdir"])
-    assert comparison.levels == [0.05, 0.2] and comparison.paired and comparison.seeds == SEEDS
+    assert comparison.levels == [0.1, 0.2] and comparison.paired and comparison.seeds == SEEDS
     assert comparison.differs == {"sparsity.method": ["rigl", "set"]}
     metrics = ["auroc_near", "accuracy", "ece", "val/auroc_near", "val/accuracy", "val/ece"]
     assert comparison.metrics == metrics
@@ -282,7 +285,7 @@ def test_different_objectives_levels_and_data_are_left_out(swept) -> None:
         "objective val/ece (minimize) of a: not in c, so not in the hypervolume nor the tables",
         "objective val/fpr95_near (minimize) of c: not in a, so not in the hypervolume nor "
         "the tables",
-        "density level 0.05 of a: not in c",
+        "density level 0.1 of a: not in c",
         "paired deltas: the data differ (data.split_seed 0 vs 1); figures side by side only",
     ]
     proc = moonsweep("compare", "a", "c", "--workdir", str(swept["workdir"]), "--no-mlflow")
@@ -291,7 +294,7 @@ def test_different_objectives_levels_and_data_are_left_out(swept) -> None:
     assert "left out:\n" in out
     for line in comparison.left_out:
         assert f"- {line}\n" in out
-    assert "density 0.05" not in out and "density 0.2 (test split, not paired" in out
+    assert "density 0.1" not in out and "density 0.2 (test split, not paired" in out
     assert "| c - a |" not in out  # no paired rows
     assert "| sweep | arm | trial | auroc_near |\n" in out  # only the shared figure
 
@@ -376,7 +379,7 @@ def test_tradeoff_plot_draws_every_sweep(swept) -> None:
         for side in comparison.sides:
             for arm in ARMS[:-1]:
                 x, y = lines[f"{side.name}: {arm}"].get_data()
-                assert list(x) == [0.05, 0.2]
+                assert list(x) == [0.1, 0.2]
                 assert list(y) == [lv.arms[arm].figures[metric].mean for lv in side.levels]
         assert len(ax.collections) == 2  # one band per sweep: its searched line's
 
@@ -440,7 +443,7 @@ def test_runs_are_named_tagged_and_their_metrics_grouped(swept) -> None:
         assert {k.split("/")[0] for k in metrics if "/" in k} <= {*GROUPS, "val", "std"}
         headline = [k for k in metrics if k.split("/")[0] not in GROUPS]
         assert "auroc_near" in headline and "val/ece" in headline and len(headline) < 80
-    assert names >= {"dense", "moon_auto@0.05 rigl", "sparse@0.2 rigl", "sparse+voting@0.2 rigl"}
+    assert names >= {"dense", "moon_auto@0.1 rigl", "sparse@0.2 rigl", "sparse+voting@0.2 rigl"}
     # Readers see the engine's names again.
     row = next(r for r in trial_rows(state, all_metrics=True) if r["arm"] == "dense")
     assert "val/auroc/photos" in row and "sets/val/auroc/photos" not in row
@@ -457,6 +460,25 @@ def test_select_marks_the_chosen_run(swept) -> None:
             r.info.run_id for r in _children(client, state) if r.data.tags.get(CHOSEN_TAG) == "true"
         ]
         assert marked == [chosen[-1]]  # one at a time: the last choice
+
+
+def test_a_test_time_voting_choice_is_tagged_as_one() -> None:
+    # The default space chooses a searched trial's voting mode after training: until the
+    # pick is known its tag says so; the arms are tagged with the mode they train with.
+    space = load_space("default")
+    cfg = space.trial_config({}, 0)
+    assert cfg.voting.mode == "weights" and space.test_time is not None
+    searched = trial_tags("search", 0.05, cfg, space.test_time_for({"arm": "search"}))
+    assert searched[VOTING_TAG] == "test-time"
+    for arm in ("moon_auto", "sparse", "sparse+voting"):
+        arm_cfg = space.arm_configs({"arm": arm, "level": 0.05})[0]
+        tags = trial_tags(arm, 0.05, arm_cfg, space.test_time_for({"arm": arm}))
+        assert tags[VOTING_TAG] == arm_cfg.voting.mode == {"sparse": "off"}.get(arm, "weights")
+    assert [kept_voting(p) for p in ("weights/msp", "predictions/dice@70", "energy")] == [
+        "weights",
+        "predictions",
+        "off",
+    ]
 
 
 def test_set_gives_the_sparse_arms_a_method_and_dense_stays_dense() -> None:
@@ -583,7 +605,7 @@ def test_compare_page_renders_in_chromium(swept) -> None:
     assert errors == []
     assert image[0] and image[1] > 500 and image[2] > 300, image  # one axis: auroc_near
     assert headings[:3] == ["Settings that differ", "Left out", "Trade-off curves"]
-    assert "density 0.2, test parts" in headings and "density 0.05, test parts" not in headings
+    assert "density 0.2, test parts" in headings and "density 0.1, test parts" not in headings
     assert left_out == summary["left_out"] and len(left_out) >= 3
     [test_table, val_table] = tables  # one shared level: its test and validation tables
     assert test_table[0] == ["sweep", "arm", "trial", "auroc_near"]
