@@ -90,6 +90,10 @@ def arm_space(arm: str, space: SearchSpace, seed: int, seeds: int | None) -> dic
     data["sampler"] = {**data["sampler"], "name": arm.split("+")[0], "seed": seed}
     if seeds is not None:
         data["seeds"] = list(range(seeds))
+        race = data.get("race")
+        if race is not None and race["seeds"] >= seeds:
+            # Fewer seeds than the space races on: race on all but one, or not at all.
+            data["race"] = {**race, "seeds": seeds - 1} if seeds > 1 else None
     if arm == "tpe+asha":
         data["early_stopping"] = {"metric": "val_accuracy", "mode": "max", "reduction_factor": 2}
         data["report_every"] = 1  # ASHA decides at its rung, not at the next report
