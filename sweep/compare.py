@@ -42,7 +42,7 @@ from engine.config import ConfigError
 from sweep import plots
 from sweep.hypervolume import feasible, hypervolume_history, nadir
 from sweep.levels import SEARCHED, Level, compare_levels, level_metrics, points_cell
-from sweep.naming import EXPERIMENT_TAGS
+from sweep.naming import EXPERIMENT_TAGS, WORKFLOW
 from sweep.render import CSS, html_figure, html_table
 from sweep.state import SweepState, TrialRow, finished_study, load_state, trial_rows
 from sweep.stats import CONFIDENCE, Interval, paired_deltas, t_interval
@@ -652,7 +652,8 @@ def _description(c: Comparison, uri: str) -> str:
     for side in c.sides:
         state = side.state
         if state.tracking_uri == uri:
-            link = f"#/experiments/{state.experiment_id}/runs/{state.parent_run_id}"
+            # A new tab opens in the UI's default (GenAI) mode unless the link says otherwise.
+            link = f"#/experiments/{state.experiment_id}/runs/{state.parent_run_id}?{WORKFLOW}"
             lines.append(f"- [{side.name}]({link}) (experiment {state.experiment_id})")
         else:
             lines.append(

@@ -325,7 +325,10 @@ def test_compare_writes_the_page_and_an_mlflow_run(swept) -> None:
     for name in "ab":  # the run links each sweep's parent run
         assert tags[f"moonsweep.compare.{name}.parent_run_id"] == states[name].parent_run_id
         assert tags[f"moonsweep.compare.{name}.experiment_id"] == states[name].experiment_id
-        link = f"#/experiments/{states[name].experiment_id}/runs/{states[name].parent_run_id}"
+        link = (
+            f"#/experiments/{states[name].experiment_id}/runs/{states[name].parent_run_id}"
+            "?workflowType=machine_learning"
+        )
         assert f"[{name}]({link})" in tags["mlflow.note.content"]
     for name, volume in comparison.volumes.items():
         assert run.data.metrics[f"hypervolume/{name}"] == pytest.approx(volume.hypervolume)
