@@ -92,7 +92,11 @@ def test_report_files_and_parent_run(reported) -> None:
     # A space without levels: no comparison at equal density, and the page says why.
     assert summary["levels"] == [] and "declares no density levels" in text
     assert "| best searched |" in stdout and str(folder / "report.html") in stdout
-    assert summary["trial_states"] == {"done": 10}  # 6 searched, the 4 default arms
+    # 6 searched and the 4 default arms; a searched trial of this short sweep may finish at
+    # chance (collapsed: not a candidate), counted apart.
+    states = summary["trial_states"]
+    assert sum(states.values()) == 10 and set(states) <= {"done", "collapsed"}
+    assert states["done"] >= 4 + 1
 
 
 def test_arms_are_the_right_runs_and_figures_follow_the_seeds(reported) -> None:
