@@ -228,6 +228,26 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
     return fig
 
 
+def arm_curve(
+    ordered: list[dict[str, Any]], arm: str, key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """An arm's (densities, means, lows, highs) of `key` over levels sorted by density, or
+    None where it has no figure. One seed has no interval (NaN bounds: no band there); the
+    figures are fractions, so a few seeds' t-interval is clipped to [0, 1]."""
+    points = [
+        (float(lv["density"]), lv["arms"][arm]["figures"][key])
+        for lv in ordered
+        if key in lv["arms"].get(arm, {}).get("figures", {})
+    ]
+    if not points:
+        return None
+    xs = np.array([x for x, _ in points])
+    mean = np.array([float(f["mean"]) for _, f in points])
+    low = np.clip([float(f["low"]) for _, f in points], 0.0, 1.0)
+    high = np.clip([float(f["high"]) for _, f in points], 0.0, 1.0)
+    return xs, mean, low, high
+
+
 def levels_tradeoff(
     levels: Sequence[Mapping[str, Any]],
     chosen: Row | None = None,
@@ -249,19 +269,10 @@ def levels_tradeoff(
     for ax, metric in zip(axes[0], metrics, strict=True):
         key = prefix + metric
         for arm, colour in LEVEL_ARMS.items():
-            points = [
-                (float(lv["density"]), lv["arms"][arm]["figures"][key])
-                for lv in ordered
-                if key in lv["arms"].get(arm, {}).get("figures", {})
-            ]
-            if not points:
+            curve = arm_curve(ordered, arm, key)
+            if curve is None:
                 continue
-            xs = np.array([x for x, _ in points])
-            mean = np.array([float(f["mean"]) for _, f in points])
-            # One seed has no interval (NaN bounds): the band is left out there. The figures
-            # are fractions: a few seeds' t-interval can pass 0 or 1, the band stops there.
-            low = np.clip([float(f["low"]) for _, f in points], 0.0, 1.0)
-            high = np.clip([float(f["high"]) for _, f in points], 0.0, 1.0)
+            xs, mean, low, high = curve
             ax.plot(xs, mean, "-o", color=colour, ms=5, lw=1.6, label=arm, zorder=3)
             ax.fill_between(xs, low, high, color=colour, alpha=0.15, lw=0)
         dense = next(
@@ -337,17 +348,10 @@ def sweeps_tradeoff(
         for (name, levels), colour in zip(per_sweep.items(), SWEEP_COLOURS * 4, strict=False):
             ordered = sorted(levels, key=lambda lv: float(lv["density"]))
             for arm, (style, marker) in SWEEP_ARM_STYLES.items():
-                points = [
-                    (float(lv["density"]), lv["arms"][arm]["figures"][key])
-                    for lv in ordered
-                    if key in lv["arms"].get(arm, {}).get("figures", {})
-                ]
-                if not points:
+                curve = arm_curve(ordered, arm, key)
+                if curve is None:
                     continue
-                xs = np.array([x for x, _ in points])
-                mean = np.array([float(f["mean"]) for _, f in points])
-                low = np.clip([float(f["low"]) for _, f in points], 0.0, 1.0)
-                high = np.clip([float(f["high"]) for _, f in points], 0.0, 1.0)
+                xs, mean, low, high = curve
                 ax.plot(
                     xs,
                     mean,
