@@ -18,6 +18,12 @@ as good as each on some objective, is raced out with probability at most `alpha`
 the pooled spread). References are fixed when the trial is suggested (they travel in its
 config), so a resumed trial decides exactly as it did.
 
+Of the searched trials at a level only those on its front (not dominated, on their means
+over seeds, by another feasible one: `join_front`) are references: a trial dominated by a
+dominated reference is dominated by the one above it too, and the references a trial
+carries stay a handful however many trials the sweep has run (a config, and the pairs of
+`pooled_spread`, would otherwise grow with every finished trial).
+
 Example:
     >>> refs = {"moon_auto": {0: {"val/auroc_near": 0.95}, 1: {"val/auroc_near": 0.96}},
     ...         "sparse": {0: {"val/auroc_near": 0.94}, 1: {"val/auroc_near": 0.94}}}
@@ -107,3 +113,52 @@ def raced_by(
         if dominated:
             return label
     return None
+
+
+def mean_figures(
+    per_seed: PerSeed, objectives: Sequence[tuple[str, str]]
+) -> dict[str, float] | None:
+    """The mean over seeds of each objective; None when one is missing or not finite."""
+    out = {}
+    for metric, _ in objectives:
+        values = [v.get(metric) for v in per_seed.values()]
+        if not values or any(x is None or not math.isfinite(x) for x in values):
+            return None
+        out[metric] = float(np.mean(values))
+    return out
+
+
+def dominates(
+    a: Mapping[str, float], b: Mapping[str, float], objectives: Sequence[tuple[str, str]]
+) -> bool:
+    """`a` at least as good as `b` on every objective and better on one.
+
+    >>> modes = [("acc", "max"), ("ece", "min")]
+    >>> dominates({"acc": 0.9, "ece": 0.1}, {"acc": 0.8, "ece": 0.1}, modes)
+    True
+    """
+    signs = [(m, 1.0 if mode == "max" else -1.0) for m, mode in objectives]
+    if any(sign * (a[m] - b[m]) < 0 for m, sign in signs):
+        return False
+    return any(sign * (a[m] - b[m]) > 0 for m, sign in signs)
+
+
+def join_front(
+    front: dict[str, dict[str, float]],
+    label: str,
+    figures: dict[str, float],
+    objectives: Sequence[tuple[str, str]],
+) -> bool:
+    """Put `label` (its mean `figures`) on `front` unless a member dominates it, and drop the
+    members it dominates; True when it joined.
+
+    >>> front = {"a": {"acc": 0.8}}
+    >>> join_front(front, "b", {"acc": 0.9}, [("acc", "max")]), sorted(front)
+    (True, ['b'])
+    """
+    if any(dominates(other, figures, objectives) for other in front.values()):
+        return False
+    for other in [k for k, v in front.items() if dominates(figures, v, objectives)]:
+        del front[other]
+    front[label] = figures
+    return True

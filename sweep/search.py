@@ -38,6 +38,7 @@ from sweep.failures import (
     reason_of,
     stand_in,
 )
+from sweep.racing import join_front, mean_figures
 from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
 from sweep.stats import number
 from sweep.stores import make_storage, searcher_study, searcher_trial, storage_trial_id
@@ -96,6 +97,7 @@ class SweepSearcher(Searcher):
         # Racing's references per density level: label -> per-seed validation figures, and
         # the figures its feasibility is judged on (sweep/racing.py).
         self.race_pool: dict[str, dict[str, dict[str, Any]]] = {}
+        self.race_front: dict[str, dict[str, dict[str, float]]] = {}  # level -> label -> means
         self.trial_level: dict[str, float | None] = {}
         self.storage = make_storage(storage_url)
         self.optuna = OptunaSearch(
@@ -143,10 +145,34 @@ class SweepSearcher(Searcher):
         return config
 
     def references(self, level: float | None) -> dict[str, dict[int, dict[str, float]]]:
-        """The feasible finished trials at `level` racing compares against (constraints
-        with a reference not yet known leave a candidate out)."""
-        pool = getattr(self, "race_pool", {}).get(_level_key(level), {})
-        return {label: entry["seeds"] for label, entry in pool.items() if self._feasible(entry)}
+        """What racing compares a trial at `level` against: the level's feasible arms and the
+        searched trials on its front (`sweep.racing.join_front`; constraints with a
+        reference not yet known leave a candidate out)."""
+        key = _level_key(level)
+        pool = getattr(self, "race_pool", {}).get(key, {})
+        arms = {
+            label: entry["seeds"]
+            for label, entry in pool.items()
+            if not label.startswith(SEARCH_ARM) and self._feasible(entry)
+        }
+        return {**arms, **{label: pool[label]["seeds"] for label in self._front(key)}}
+
+    def _front(self, key: str) -> dict[str, dict[str, float]]:
+        """The level's front of feasible searched trials (label -> mean figures), built
+        again from the pool after a baseline's result changed what is feasible."""
+        fronts = self.__dict__.setdefault("race_front", {})  # absent in a pre-front pickle
+        if key not in fronts:
+            fronts[key] = {}
+            for label in getattr(self, "race_pool", {}).get(key, {}):
+                if label.startswith(SEARCH_ARM):
+                    self._join(key, label)
+        return fronts[key]
+
+    def _join(self, key: str, label: str) -> None:
+        entry = self.race_pool[key][label]
+        figures = mean_figures(entry["seeds"], self.space.race_objectives())
+        if figures is not None and self._feasible(entry):
+            join_front(self._front(key), label, figures, self.space.race_objectives())
 
     def _feasible(self, entry: dict[str, Any]) -> bool:
         for con in self.space.constraints:
@@ -168,6 +194,8 @@ class SweepSearcher(Searcher):
         values = {con.metric: result.get(con.metric) for con in self.space.constraints}
         level = _level_key(self.trial_level.get(trial_id))
         self.race_pool.setdefault(level, {})[label] = {"seeds": seeds, "values": values}
+        if label.startswith(SEARCH_ARM):
+            self._join(level, label)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if "fail_reason" in result:
@@ -198,6 +226,7 @@ class SweepSearcher(Searcher):
                     self.baseline_results[arm][con.metric] = result.get(con.metric)
             else:
                 self.failed_arms.add(arm)
+            self.race_front = {}  # what is feasible may have changed: built again when asked
             if self._references_ready():
                 for waiting in list(self.deferred):
                     self._tell(waiting, self.deferred.pop(waiting))

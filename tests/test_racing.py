@@ -4,6 +4,7 @@ killed and resumed sweep with racing ends with the stores of a clean run."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -27,7 +28,9 @@ from scipy import stats
 
 from sweep.levels import compare_levels
 from sweep.racing import pooled_spread, raced_by
+from sweep.search import SweepSearcher
 from sweep.selection import select
+from sweep.spaces import SEARCH_ARM, arm_label, load_space
 from sweep.state import load_run_json, load_state, trial_rows
 from sweep.stores import mlflow_client
 
@@ -93,6 +96,50 @@ def test_raced_by_against_a_hand_computed_case() -> None:
     assert raced_by(close, refs, [("m", "max"), ("n", "max")], alpha=0.05) is None
     # A reference lacking a race seed cannot judge; with none left, nothing is decided.
     assert raced_by({5: {"m": 0.1, "n": 0.1}}, refs, [("m", "max")], alpha=0.05) is None
+
+
+def test_references_are_the_levels_arms_and_its_front(tmp_path: Path) -> None:
+    """A searched trial races against the arms and the front at its level, not against every
+    trial that ran there: dominated ones drop out, so a config stays small at any size."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    space = load_space(str(tmp_path / "space.yaml"))
+    space.budget.trials = 5
+    searcher = SweepSearcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "refs")
+
+    def finish(trial_id: str, near: list[float], acc: list[float]) -> None:
+        per_seed = {
+            s: {"val/auroc_near": n, "val/accuracy": a}
+            for s, n, a in zip(SEEDS, near, acc, strict=True)
+        }
+        result = {
+            "final": 1,
+            "val/auroc_near": float(np.mean(near)),
+            "val/accuracy": float(np.mean(acc)),
+        }
+        searcher.on_trial_complete(trial_id, {**result, "seed_values": json.dumps(per_seed)})
+
+    arms = []
+    while searcher.pending_arms:
+        arms.append(f"arm{len(arms)}")
+        config = searcher.suggest(arms[-1])
+        finish(arms[-1], [0.5] * 3, [0.5] * 3)
+    # Means (auroc_near, accuracy): a (0.9, 0.6) and b (0.6, 0.9) are the front; c (0.8, 0.5)
+    # is dominated by a, then d (0.95, 0.95) dominates a, b and c.
+    figures = {"a": (0.9, 0.6), "b": (0.6, 0.9), "c": (0.8, 0.5), "d": (0.95, 0.95)}
+    numbers = {}
+    for name, (near, acc) in list(figures.items())[:3]:
+        config = searcher.suggest(name)
+        numbers[name] = config["optuna_trial"]
+        finish(name, [near] * 3, [acc] * 3)
+    config = searcher.suggest("next")
+    level_arms = {arm_label(arm, 0.1) for arm in space.baselines if arm != "dense"}
+    searched = {f"{SEARCH_ARM} #{numbers[n]}" for n in ("a", "b")}
+    assert set(config["references"]) == level_arms | searched
+    numbers["d"] = config["optuna_trial"]
+    finish("next", [0.95] * 3, [0.95] * 3)
+    assert set(searcher.suggest("last")["references"]) == level_arms | {
+        f"{SEARCH_ARM} #{numbers['d']}"
+    }
 
 
 def _sweep(root: Path) -> Path:
