@@ -26,7 +26,7 @@ from mlflow.entities import RunTag
 from sweep.levels import SEARCHED, Level
 from sweep.naming import BEST_AT_LEVEL_TAG, CHOSEN_TAG, EXPERIMENT_TAGS, FRONT_TAG, flag
 from sweep.spaces import SEARCH_ARM
-from sweep.state import PARENT_TAG, SweepState, trial_rows
+from sweep.state import SweepState, child_runs, trial_rows
 from sweep.status import leaders
 from sweep.stores import mlflow_client
 
@@ -65,11 +65,7 @@ def mark_chosen(state: SweepState, run_id: str) -> None:
     """Tag `run_id` as the chosen model (`moonsweep.chosen = true`) and take the tag off the
     run an earlier `select` chose."""
     client = mlflow_client(state.tracking_uri)
-    earlier = client.search_runs(
-        [state.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}' "
-        f"and tags.`{CHOSEN_TAG}` = 'true'",
-    )
+    earlier = child_runs(client, state, f"tags.`{CHOSEN_TAG}` = 'true'")
     for run in earlier:
         if run.info.run_id != run_id:
             client.delete_tag(run.info.run_id, CHOSEN_TAG)

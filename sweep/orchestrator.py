@@ -47,7 +47,7 @@ from sweep.progress import LiveView
 from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
 from sweep.spool import Spool
-from sweep.state import PARENT_TAG, SweepState, default_workdir, load_state, sweep_dir
+from sweep.state import SweepState, child_runs, default_workdir, load_state, sweep_dir
 from sweep.stores import (
     check_stores,
     ensure_experiment,
@@ -398,9 +398,7 @@ def reconcile(state: SweepState, trial_ids: set[str]) -> dict[str, int]:
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         stale += 1
     client = mlflow_client(state.tracking_uri)
-    children = client.search_runs(
-        [state.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'"
-    )
+    children = child_runs(client, state)
     orphans = 0
     for run in children:
         if run.data.tags.get("ray.trial_id") not in trial_ids:

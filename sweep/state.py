@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TypedDict
 
+import mlflow.entities
 import optuna
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
@@ -49,6 +50,7 @@ KEY_PARAMS = (
     "voting.mode",
 )
 KEY_METRICS = ("val/accuracy", "val/auroc_near", "val/auroc_far", "val/ece", "density")
+RUNS_PER_PAGE = 1000  # MLflow's own default page size
 RUN_STATES = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed"}
 
 
@@ -131,17 +133,31 @@ def load_state(name: str, workdir: str | Path | None = None) -> tuple[SweepState
     return SweepState.model_validate(load_json(path)), folder.resolve()
 
 
+def child_runs(
+    client: MlflowClient, state: SweepState, filter_string: str = ""
+) -> list[mlflow.entities.Run]:
+    """Every child run of the sweep's parent run (and `filter_string`, MLflow's syntax),
+    page by page: one search returns at most 1,000 runs by default, 50,000 at all."""
+    where = f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'"
+    where += f" and {filter_string}" if filter_string else ""
+    runs: list[mlflow.entities.Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [state.experiment_id], filter_string=where, max_results=RUNS_PER_PAGE, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def trial_rows(state: SweepState, all_metrics: bool = False) -> list[TrialRow]:
     """One row per trial (MLflow child run), baselines first; `all_metrics` adds every final
     metric, not only KEY_METRICS (under the engine's names: `val/auroc_near`,
     `std/val/accuracy`, `val/auroc/<set>`; `sweep.naming` says how MLflow groups them)."""
-    runs = mlflow_client(state.tracking_uri).search_runs(
-        [state.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{state.parent_run_id}'",
-        max_results=5000,
-    )
     rows: list[TrialRow] = []
-    for run in runs:
+    for run in child_runs(mlflow_client(state.tracking_uri), state):
         # Metrics under the engine's names (the detail ones are grouped in MLflow).
         tags, params, metrics = run.data.tags, run.data.params, engine_metrics(run.data.metrics)
         row: dict[str, Any] = {
