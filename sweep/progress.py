@@ -17,8 +17,8 @@ from sweep.spaces import SEARCH_ARM
 
 
 def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str:
-    """done, collapsed (finished at chance accuracy), failed, stopped (early, by the
-    scheduler), running or pending.
+    """done, collapsed (finished at chance accuracy), raced (out after its first seeds),
+    failed, stopped (early, by the scheduler), running or pending.
 
     `ended`/`errored`: the trial is being completed right now (Ray updates its status after
     the callbacks run).
@@ -31,14 +31,22 @@ def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str
     if "fail_reason" in result:
         return "failed"
     if result.get("raced_out"):
-        return "stopped"  # raced out after its first seeds: an estimate, not a candidate
+        return RACED  # an estimate from its first seeds, never a candidate
     if result.get("final") != 1:
         return "stopped"
     return COLLAPSED if failure_of(result) == COLLAPSED else "done"
 
 
+RACED = "raced"
+ENDED = ("done", "failed", "stopped", RACED, COLLAPSED)
+
+
 class LiveView(tune.Callback):
-    """Rewrites one status line on a terminal; prints a line per finished trial otherwise."""
+    """Rewrites one status line on a terminal; prints a line per finished trial otherwise.
+
+    A finished trial's outcome is worked out once (`outcomes`), so a line costs a look at
+    the trials still running, not a pass over every result of a sweep of thousands.
+    """
 
     def __init__(self, total: int, objective: str, mode: str, stream: Any = None) -> None:
         self.total = total
@@ -46,6 +54,9 @@ class LiveView(tune.Callback):
         self.mode = mode
         self.stream = stream
         self._last = 0.0
+        self.outcomes: dict[str, str] = {}  # trial id -> its outcome once it has ended
+        self.counts = dict.fromkeys(ENDED, 0)
+        self.best: tuple[float, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "stream": None}
@@ -54,27 +65,38 @@ class LiveView(tune.Callback):
     def out(self) -> Any:
         return self.stream or sys.stderr
 
+    def _record(self, trial: Any, outcome: str) -> None:
+        previous = self.outcomes.get(trial.trial_id)
+        if previous is not None:  # a resumed trial that ended again
+            self.counts[previous] -= 1
+        self.outcomes[trial.trial_id] = outcome
+        self.counts[outcome] += 1
+        value = (trial.last_result or {}).get(self.objective)
+        if outcome == "done" and trial.config.get("arm") == SEARCH_ARM and value is not None:
+            best = self.best
+            if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
+                self.best = (float(value), trial.trial_id)
+
     def line(self, trials: list, ended: Any = None, errored: bool = False) -> str:
-        counts = {"done": 0, "failed": 0, "stopped": 0, "running": 0, COLLAPSED: 0}
-        best: tuple[float, str] | None = None
+        running = 0
         for trial in trials:
-            now = trial is ended
-            outcome = trial_outcome(trial, ended=now, errored=now and errored)
-            counts[outcome] = counts.get(outcome, 0) + 1
-            value = (trial.last_result or {}).get(self.objective)
-            if outcome == "done" and trial.config.get("arm") == SEARCH_ARM and value is not None:
-                if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
-                    best = (float(value), trial.trial_id)
-        finished = counts["done"] + counts["failed"] + counts["stopped"] + counts[COLLAPSED]
+            if trial is ended:
+                self._record(trial, trial_outcome(trial, ended=True, errored=errored))
+            elif trial.status == "RUNNING":
+                running += 1
+            elif trial.trial_id not in self.outcomes and trial.status in ("TERMINATED", "ERROR"):
+                self._record(trial, trial_outcome(trial))  # ended before a resume
+        counts = self.counts
         text = (
-            f"[moonsweep] {finished}/{self.total} trials: {counts['done']} done, "
-            f"{counts['running']} running, {counts['failed']} failed, "
+            f"[moonsweep] {sum(counts.values())}/{self.total} trials: {counts['done']} done, "
+            f"{running} running, {counts['failed']} failed, "
             f"{counts['stopped']} stopped early"
         )
-        if counts[COLLAPSED]:
-            text += f", {counts[COLLAPSED]} collapsed"
-        if best is not None:
-            text += f"  best {self.objective} {best[0]:.4f} (trial {best[1]})"
+        for outcome, words in ((RACED, "raced out"), (COLLAPSED, "collapsed")):
+            if counts[outcome]:
+                text += f", {counts[outcome]} {words}"
+        if self.best is not None:
+            text += f"  best {self.objective} {self.best[0]:.4f} (trial {self.best[1]})"
         return text
 
     def _show(
