@@ -33,8 +33,8 @@ from sweep.levels import compare_levels, level_comparison, levels_markdown
 from sweep.marks import mark_chosen, mark_experiment
 from sweep.naming import experiment_url
 from sweep.spaces import SEARCH_ARM
-from sweep.state import KEY_METRICS, default_workdir, load_state, trial_rows
-from sweep.status import format_table, leaders
+from sweep.state import KEY_METRICS, TrialRow, default_workdir, load_state, trial_rows
+from sweep.status import ALL_ROWS, format_table, leaders, rows_to_show
 from sweep.stores import environment_defaults, is_server, mask_url, quiet_libraries
 
 # How commands end on purpose (an exit code, a usage error): not crashes.
@@ -225,13 +225,17 @@ def status(
     name: Annotated[str, typer.Argument(help="The sweep")],
     workdir: Annotated[str | None, Opt(help="Work directory")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table")] = False,
+    every: Annotated[
+        bool, Opt("--all", help=f"Every trial's row (past {ALL_ROWS}: arms, front, running)")
+    ] = False,
 ) -> None:
     """A table of the sweep's trials: state, arm, key params and metrics, linked ids."""
     _crash_reports_to(workdir, name)
     quiet_libraries()
     state, folder = load_state(name, workdir)
-    rows = trial_rows(state)
-    levels = compare_levels(state, trial_rows(state, all_metrics=True))
+    full = trial_rows(state, all_metrics=True)  # one read of the store for both tables
+    rows = [{k: r[k] for k in TrialRow.__annotations__} for r in full]
+    levels = compare_levels(state, full)
     if as_json:
         out = {
             "name": name,
@@ -250,10 +254,13 @@ def status(
         "moon.alpha_final": "alpha_final",
         "moon.alpha": "alpha",
     }
-    short = [{**r, **{name: r[key] for key, name in params.items()}} for r in rows]
+    shown, rest = rows_to_show(rows, {r["trial"] for r in leaders(state)}, every)
+    short = [{**r, **{name: r[key] for key, name in params.items()}} for r in shown]
     columns = ["trial", "arm", "level", "state", "optuna", *params.values(), *KEY_METRICS]
     columns += ["host", "node", "mlflow_run_id"]
     typer.echo(format_table(short, columns))
+    if rest:
+        typer.echo(f"(baselines, the Pareto front and running trials shown; {rest})")
     _echo_levels(levels)
 
 
@@ -293,6 +300,9 @@ def replay(
     typer.echo(json.dumps(replayed, sort_keys=True))
 
 
+LEADERS_SHOWN = 15  # a sweep of thousands can have hundreds of trials on its front
+
+
 def _print_summary(summary: dict, workdir: str | None) -> None:
     name = summary["name"]
     state, folder = load_state(name, workdir)
@@ -301,7 +311,7 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
         raise typer.Exit(130)
     if summary.get("already_finished"):
         typer.echo(f"sweep {name} is already finished: nothing to resume", err=True)
-    rows = trial_rows(state)
+    rows = trial_rows(state, all_metrics=True)
     objectives = [o["metric"] for o in state.space["objectives"] if o["metric"] != "density"]
     typer.echo(f"\nsweep {name} finished: {len(rows)} trials")
     for line in state.adjusted:
@@ -326,10 +336,14 @@ def _print_summary(summary: dict, workdir: str | None) -> None:
         shown = ["sparsity.method", "sparsity.density", "moon.alpha_mode", "voting.mode"]
         # The searched ones; the level is the `density` objective's column already.
         params = [p for p in shown if p in state.space["parameters"] and p != "sparsity.density"]
-        typer.echo(format_table(lead, ["optuna", "trial", *objectives, "density", *params]))
+        columns = ["optuna", "trial", *objectives, "density", *params]
+        typer.echo(format_table(lead[:LEADERS_SHOWN], columns))
+        if len(lead) > LEADERS_SHOWN:
+            more = len(lead) - LEADERS_SHOWN
+            typer.echo(f"... and {more} more on the front; all of them: moonsweep status {name}")
     else:
         typer.echo("  none finished")
-    _echo_levels(compare_levels(state, trial_rows(state, all_metrics=True)))
+    _echo_levels(compare_levels(state, rows))
 
 
 @app.command()

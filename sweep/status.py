@@ -11,10 +11,12 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sweep.state import SweepState, ran_to_end
+from sweep.spaces import SEARCH_ARM
+from sweep.state import SweepState, TrialRow, ran_to_end
 from sweep.stores import load_study
 
 
@@ -63,3 +65,34 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+# Up to this many trials a table shows every one; past it, the ones worth a look.
+ALL_ROWS = 60
+
+
+def rows_to_show(
+    rows: Sequence[TrialRow], leading: set[str], every: bool = False
+) -> tuple[list[TrialRow], str]:
+    """The rows a terminal table shows, and a line about the rest ("" when all are shown).
+
+    A sweep of up to ALL_ROWS trials (or `every`) shows all of them; a larger one its
+    baselines, the `leading` trials (Ray trial ids: the Pareto front) and the trials still
+    running, with the others counted by state.
+
+        >>> rows = [{"trial": str(i), "arm": "search", "state": "done"} for i in range(99)]
+        >>> shown, rest = rows_to_show(rows, {"3"})
+        >>> [r["trial"] for r in shown], rest
+        (['3'], '98 more (98 done); every row: --all')
+    """
+    if every or len(rows) <= ALL_ROWS:
+        return list(rows), ""
+    keep = [
+        r
+        for r in rows
+        if r["arm"] != SEARCH_ARM or r["trial"] in leading or r["state"] == "running"
+    ]
+    kept = {id(r) for r in keep}
+    rest = Counter(r["state"] for r in rows if id(r) not in kept)
+    counts = ", ".join(f"{n} {state}" for state, n in rest.most_common())
+    return keep, f"{sum(rest.values())} more ({counts}); every row: --all"
