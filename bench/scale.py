@@ -2,9 +2,9 @@
 
 Each N is a real sweep of the default space (embedded Ray, MLflow and Optuna on SQLite in a
 fresh work directory, the bundled digits suite, its baselines, test-time grid, racing and
-sampler) with trials as cheap as the engine allows: `--epochs` (1) epoch, `--seeds` (2)
-seeds (racing on the first). Each N runs in its own process, so the driver's peak memory is
-that sweep's alone. Per N it prints:
+sampler) with trials as cheap as the engine allows: `--epochs` (2: MOON's warm-up needs
+one) epochs, `--seeds` (2) seeds (racing on the first). Each N runs in its own process,
+so the driver's peak memory is that sweep's alone. Per N it prints:
 
 - wall time, Ray's start-up, the trials' own time summed (Ray's `time_total_s`), the
   concurrency C, and the driver's time per trial: (wall - start-up - sum / C) / N;
@@ -256,7 +256,7 @@ def targets(results: list[dict[str, Any]]) -> dict[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,5000", help="numbers of searched trials")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep each sweep's work directory")
