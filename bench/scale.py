@@ -3,8 +3,9 @@
 Each N is a real sweep of the default space (embedded Ray, MLflow and Optuna on SQLite in a
 fresh work directory, the bundled digits suite, its baselines, test-time grid, racing and
 sampler) with trials as cheap as the engine allows: `--epochs` (2: MOON's warm-up needs
-one) epochs, `--seeds` (2) seeds (racing on the first). Each N runs in its own process,
-so the driver's peak memory is that sweep's alone. Per N it prints:
+one) epochs, `--seeds` (1) seed (with more, racing on all but one), the MLP `--width` (32)
+wide. Each N runs in its own process, so the driver's peak memory is that sweep's alone.
+Per N it prints:
 
 - wall time, Ray's start-up, the trials' own time summed (Ray's `time_total_s`), the
   concurrency C, and the driver's time per trial: (wall - start-up - sum / C) / N;
@@ -65,10 +66,10 @@ TARGET_MEMORY_RATIO = 2.0  # the driver's peak memory, largest N / smallest N
 COMMANDS = ("status", "select", "report", "resume")
 
 
-def scale_space(trials: int, seeds: int) -> dict[str, Any]:
-    """The default space with `trials` searched trials on `seeds` seeds (racing on all but
-    one of them, none with one seed)."""
-    space = load_space("default")
+def scale_space(space_name: str, trials: int, seeds: int, width: int) -> dict[str, Any]:
+    """The space (default: `default`) with `trials` searched trials on `seeds` seeds
+    (racing on all but one of them, none with one seed), the model `width` wide."""
+    space = load_space(space_name)
     data = space.model_dump(mode="json")
     if space.source_dir and (Path(space.source_dir) / space.base).is_file():
         data["base"] = str((Path(space.source_dir) / space.base).resolve())
@@ -76,6 +77,7 @@ def scale_space(trials: int, seeds: int) -> dict[str, Any]:
     if data.get("race") is not None:
         data["race"] = {**data["race"], "seeds": seeds - 1} if seeds > 1 else None
     data["budget"] = {**data["budget"], "trials": trials}
+    data["set"] = {**data.get("set", {}), "model.width": width}
     return data
 
 
@@ -145,7 +147,8 @@ def one(trials: int, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="moonsweep-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     space_file = workdir / "scale.yaml"
-    space_file.write_text(yaml.safe_dump(scale_space(trials, args.seeds), sort_keys=False))
+    data = scale_space(args.space, trials, args.seeds, args.width)
+    space_file.write_text(yaml.safe_dump(data, sort_keys=False))
     name = f"scale{trials}"
     started = time.perf_counter()
     init_ray(None)
@@ -171,6 +174,7 @@ def one(trials: int, args: argparse.Namespace) -> dict[str, Any]:
         "sum_trial_s": trial_s,
         "concurrency": concurrency,
         "driver_s_per_trial": (wall - ray_start - trial_s / concurrency) / len(ray_trials),
+        "suggested": len(probe.suggest_s),
         "suggest_first_s": statistics.mean(probe.suggest_s[:tenth]) if probe.suggest_s else 0,
         "suggest_last_s": statistics.mean(probe.suggest_s[-tenth:]) if probe.suggest_s else 0,
         "mlflow_queued": probe.queued,
@@ -197,7 +201,7 @@ def one(trials: int, args: argparse.Namespace) -> dict[str, Any]:
             sweep_json.write_text(json.dumps({**state, "status": "interrupted"}))
         argv = [*cli, command, name]
         if command == "select":
-            argv.append("--no-space-constraints")  # a 1-epoch sweep rarely meets dense - 5
+            argv.append("--no-space-constraints")  # a 2-epoch sweep rarely meets dense - 5
         seconds, rc, tail = _timed(argv, env)
         result["commands"][command] = {"s": seconds, "rc": rc, "tail": tail}
     if not args.keep and not args.workdir:
@@ -256,8 +260,10 @@ def targets(results: list[dict[str, Any]]) -> dict[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,5000", help="numbers of searched trials")
+    parser.add_argument("--space", default="default", help="a shipped space's name or a file")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--width", type=int, default=32, help="the MLP's width (model.width)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep each sweep's work directory")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
@@ -270,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in [int(x) for x in args.sizes.split(",")]:
         print(f"[scale] N={n} ...", file=sys.stderr, flush=True)
         child = [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs)]
-        child += ["--seeds", str(args.seeds)] + (["--keep"] if args.keep else [])
+        child += ["--seeds", str(args.seeds), "--space", args.space, "--width", str(args.width)]
+        child += ["--keep"] if args.keep else []
         out = subprocess.run(child, stdout=subprocess.PIPE, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("SCALE ")]
         if out.returncode != 0 or not lines:
