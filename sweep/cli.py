@@ -34,7 +34,7 @@ from sweep.marks import mark_chosen, mark_experiment
 from sweep.naming import experiment_url
 from sweep.spaces import SEARCH_ARM
 from sweep.state import KEY_METRICS, TrialRow, default_workdir, load_state, trial_rows
-from sweep.status import ALL_ROWS, format_table, leaders, rows_to_show
+from sweep.status import ALL_ROWS, format_table, hidden_note, leaders, rows_to_show
 from sweep.stores import environment_defaults, is_server, mask_url, quiet_libraries
 
 # How commands end on purpose (an exit code, a usage error): not crashes.
@@ -260,7 +260,7 @@ def status(
     columns += ["host", "node", "mlflow_run_id"]
     typer.echo(format_table(short, columns))
     if rest:
-        typer.echo(f"(baselines, the Pareto front and running trials shown; {rest})")
+        typer.echo(f"(baselines, the Pareto front, running trials; {hidden_note(rest)}: --all)")
     _echo_levels(levels)
 
 

@@ -189,8 +189,40 @@ def _plain(stats: dict[str, dict[str, Interval]], prefix: str) -> dict[str, dict
     }
 
 
+# The alpha plot draws at most this many searched trials' schedules (one read each).
+ALPHA_LINES = 60
+
+
+def alpha_rows(
+    rows: Sequence[Row], first: Sequence[Row] = (), limit: int = ALPHA_LINES
+) -> list[Row]:
+    """The trials with MOON on whose alpha schedules are drawn: every arm, then the searched
+    trials of `first` (the chosen one, the front), then the others evenly spaced over the
+    sweep, `limit` searched ones in all.
+
+        >>> rows = [{"arm": "search", "mlflow_run_id": str(i), "moon.enabled": "True"}
+        ...         for i in range(10)]
+        >>> [r["mlflow_run_id"] for r in alpha_rows(rows, [rows[7]], limit=3)]
+        ['7', '0', '4']
+    """
+    moon = [r for r in rows if str(r.get("moon.enabled")).lower() == "true"]
+    arms = [r for r in moon if r["arm"] != SEARCH_ARM]
+    ids = {r["mlflow_run_id"] for r in moon}
+    picked: dict[str, Row] = {}
+    for row in first:
+        if row["mlflow_run_id"] in ids and len(picked) < limit:
+            picked.setdefault(row["mlflow_run_id"], row)
+    rest = [r for r in moon if r["arm"] == SEARCH_ARM and r["mlflow_run_id"] not in picked]
+    room = limit - len(picked)
+    if room > 0 and rest:
+        step = max(1, len(rest) // room)
+        for row in rest[::step][:room]:
+            picked[row["mlflow_run_id"]] = row
+    return arms + list(picked.values())
+
+
 def alpha_histories(state: SweepState, rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
-    """MOON's alpha per epoch of every trial with MOON on, by `row_label`."""
+    """MOON's alpha per epoch of each of `rows` with MOON on, by `row_label`."""
     client = mlflow_client(state.tracking_uri)
     out = {}
     for row in rows:
@@ -287,7 +319,8 @@ def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
         progress(f"{len(levels)} density levels: the best searched trial against the arms")
 
     progress("alpha schedules")
-    alpha = alpha_histories(state, rows)
+    first = ([chosen] if chosen is not None else []) + (selection.pareto if selection else [])
+    alpha = alpha_histories(state, alpha_rows(rows, first))
 
     reevaluated = None
     if chosen is not None:

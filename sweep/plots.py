@@ -50,6 +50,9 @@ LEVEL_ARMS = {
     "sparse+voting": "tab:orange",
 }
 TRADEOFF_METRICS = ("auroc_near", "accuracy", "ece")
+# Past this many searched trials a scatter of every one is a wall of markers: the trials off
+# the front are drawn as a density, and markers shrink.
+MANY_TRIALS = 300
 
 
 def _value(row: Row, key: str) -> float:
@@ -81,19 +84,37 @@ def pareto_front_figure(
     finite = [d for d in densities if np.isfinite(d) and d > 0]
     norm = LogNorm(min(finite, default=0.01), max(finite, default=1.0) * 1.0001)
     front_ids = {r["mlflow_run_id"] for r in front_all}
+    searched = [r for r in rows if r["arm"] == SEARCH_ARM]
+    # Past MANY_TRIALS the trials off the front are a shaded density, not a wall of markers.
+    many = len(searched) > MANY_TRIALS
+    drawn = [r for r in searched if r["mlflow_run_id"] in front_ids] if many else searched
+    off = [r for r in searched if r["mlflow_run_id"] not in front_ids] if many else []
     scatter = None
     for ax, prefix, title in ((axes[0], "val/", "validation"), (axes[1], "", "test")):
-        searched = [r for r in rows if r["arm"] == SEARCH_ARM]
-        for row in searched:
-            on_front = row["mlflow_run_id"] in front_ids
+        hidden = _zoom(ax, rows, f"{prefix}accuracy", f"{prefix}auroc_near")
+        if off:
+            xs = np.array([_value(r, f"{prefix}accuracy") for r in off])
+            ys = np.array([_value(r, f"{prefix}auroc_near") for r in off])
+            ok = np.isfinite(xs) & np.isfinite(ys)
+            ax.hexbin(
+                xs[ok],
+                ys[ok],
+                gridsize=40,
+                extent=(*ax.get_xlim(), *ax.get_ylim()),
+                cmap="Greys",
+                bins="log",
+                mincnt=1,
+                zorder=1,
+            )
+        if drawn:
             scatter = ax.scatter(
-                _value(row, f"{prefix}accuracy"),
-                _value(row, f"{prefix}auroc_near"),
-                c=[_value(row, "density")],
+                [_value(r, f"{prefix}accuracy") for r in drawn],
+                [_value(r, f"{prefix}auroc_near") for r in drawn],
+                c=[_value(r, "density") for r in drawn],
                 cmap="viridis",
                 norm=norm,
-                s=55,
-                edgecolors="k" if on_front else "none",
+                s=30 if many else 55,
+                edgecolors=["k" if r["mlflow_run_id"] in front_ids else "none" for r in drawn],
                 linewidths=1.2,
                 zorder=3,
             )
@@ -137,10 +158,11 @@ def pareto_front_figure(
                 zorder=5,
                 label="chosen",
             )
-        hidden = _zoom(ax, rows, f"{prefix}accuracy", f"{prefix}auroc_near")
         ax.set_xlabel(f"{prefix}accuracy")
         ax.set_ylabel(f"{prefix}auroc_near")
-        ax.set_title(f"{title} parts" + (f" ({hidden} weaker trials outside)" if hidden else ""))
+        notes = [f"{len(off)} off the front shaded by count"] if off else []
+        notes += [f"{hidden} weaker trials outside"] if hidden else []
+        ax.set_title(f"{title} parts" + (f" ({'; '.join(notes)})" if notes else ""))
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
@@ -179,6 +201,7 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
     metrics = ("auroc_near", "ece", "accuracy")
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True, squeeze=False)
     methods = sorted({str(r.get("sparsity.method")) for r in rows})
+    many = len(rows) > MANY_TRIALS  # small, faint markers: where they pile up shows
     for i, prefix in enumerate(("val/", "")):
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
@@ -195,7 +218,8 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
                     ax.scatter(
                         [_value(r, "density") for r in group],
                         [_value(r, f"{prefix}{metric}") for r in group],
-                        s=40,
+                        s=8 if many else 40,
+                        alpha=0.35 if many else 1.0,
                         facecolors=colour if moon else "none",
                         edgecolors=colour,
                         label=f"{method}, MOON {'on' if moon else 'off'}",

@@ -31,8 +31,9 @@ from sweep.gather import ARMS, Gathered, row_label
 from sweep.hypervolume import nadir, plot_history
 from sweep.levels import SEARCHED
 from sweep.selection import pareto_front
+from sweep.spaces import SEARCH_ARM
 from sweep.stats import CONFIDENCE, Interval
-from sweep.status import format_value
+from sweep.status import format_value, hidden_note, rows_to_show
 
 # The 2-D front the Pareto plot draws (validation figures, as selection sees them).
 PARETO_2D = [("val/accuracy", "maximize"), ("val/auroc_near", "maximize")]
@@ -83,6 +84,15 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
         plots.alpha_schedules(g.alpha, modes, auto, row_label(chosen) if chosen else None)
     )
     captions["alpha.png"] = "Alpha logged per epoch (the mean over the trial's seeds)."
+    moon_searched = [
+        r for r in g.rows if r["arm"] == SEARCH_ARM and str(r.get("moon.enabled")).lower() == "true"
+    ]
+    drawn = sum(1 for label in g.alpha if label.startswith(f"{SEARCH_ARM} "))
+    if drawn < len(moon_searched):
+        captions["alpha.png"] += (
+            f" {drawn} of the {len(moon_searched)} searched trials with MOON on are drawn: the "
+            "chosen one, the front, then others spread over the sweep."
+        )
 
     again = g.reevaluated
     if chosen is not None and again is not None:
@@ -349,10 +359,18 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     ]
     for title, name in sections:
         parts.append(f"<h2>{esc(title)}</h2>" + html_figure(images, name, captions.get(name, "")))
-    parts.append("<h2>All trials</h2>")
     columns = ["trial", "arm", "level", "state", "optuna", "sparsity.method", "density"]
     columns += ["moon.alpha_mode"]
     columns += ["val/accuracy", "val/auroc_near", "val/ece", "accuracy", "auroc_near", "ece"]
-    parts.append(html_table(columns, [[format_value(r.get(c)) for c in columns] for r in trials]))
+    chosen_trial = (summary.get("chosen") or {}).get("trial")
+    leading = set(summary.get("front", [])) | ({chosen_trial} if chosen_trial else set())
+    shown, rest = rows_to_show(trials, leading)
+    parts.append("<h2>Trials</h2>" if rest else "<h2>All trials</h2>")
+    if rest:
+        parts.append(
+            f"<p class=note>The baselines, the chosen trial and the front; "
+            f"{esc(hidden_note(rest))} are in report.json.</p>"
+        )
+    parts.append(html_table(columns, [[format_value(r.get(c)) for c in columns] for r in shown]))
     parts.append("</body></html>")
     return "\n".join(parts)

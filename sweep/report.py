@@ -122,6 +122,8 @@ def summarize(g: Gathered, reference: list[float] | None) -> dict[str, Any]:
         "importances": g.importances,
         "hypervolume_reference": reference,
         "trials": [{k: r.get(k) for k in SUMMARY_COLUMNS} for r in g.all_rows],
+        # Ray trial ids of the front over every objective (what a long table keeps).
+        "front": [r["trial"] for r in g.selection.pareto] if g.selection else [],
         **({"chosen_reevaluated": g.reevaluated.figures()} if g.reevaluated else {}),
     }
 

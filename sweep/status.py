@@ -73,20 +73,21 @@ ALL_ROWS = 60
 
 def rows_to_show(
     rows: Sequence[TrialRow], leading: set[str], every: bool = False
-) -> tuple[list[TrialRow], str]:
-    """The rows a terminal table shows, and a line about the rest ("" when all are shown).
+) -> tuple[list[TrialRow], dict[str, int]]:
+    """The rows a table shows, and how many of the others are in each state ({} when all
+    are shown).
 
     A sweep of up to ALL_ROWS trials (or `every`) shows all of them; a larger one its
-    baselines, the `leading` trials (Ray trial ids: the Pareto front) and the trials still
-    running, with the others counted by state.
+    baselines, the `leading` trials (Ray trial ids: the Pareto front, the chosen one) and
+    the trials still running.
 
         >>> rows = [{"trial": str(i), "arm": "search", "state": "done"} for i in range(99)]
         >>> shown, rest = rows_to_show(rows, {"3"})
-        >>> [r["trial"] for r in shown], rest
-        (['3'], '98 more (98 done); every row: --all')
+        >>> [r["trial"] for r in shown], rest, hidden_note(rest)
+        (['3'], {'done': 98}, '98 more (98 done)')
     """
     if every or len(rows) <= ALL_ROWS:
-        return list(rows), ""
+        return list(rows), {}
     keep = [
         r
         for r in rows
@@ -94,5 +95,10 @@ def rows_to_show(
     ]
     kept = {id(r) for r in keep}
     rest = Counter(r["state"] for r in rows if id(r) not in kept)
-    counts = ", ".join(f"{n} {state}" for state, n in rest.most_common())
-    return keep, f"{sum(rest.values())} more ({counts}); every row: --all"
+    return keep, dict(rest.most_common())
+
+
+def hidden_note(rest: Mapping[str, int]) -> str:
+    """`rows_to_show`'s hidden rows in words: "98 more (90 done, 8 collapsed)"."""
+    counts = ", ".join(f"{n} {state}" for state, n in rest.items())
+    return f"{sum(rest.values())} more ({counts})"
