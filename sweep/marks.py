@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from mlflow.entities import RunTag
 
 from sweep.levels import SEARCHED, Level
-from sweep.naming import BEST_AT_LEVEL_TAG, CHOSEN_TAG, EXPERIMENT_TAGS, FRONT_TAG, flag
+from sweep.naming import ARM_TAG, BEST_AT_LEVEL_TAG, CHOSEN_TAG, EXPERIMENT_TAGS, FRONT_TAG, flag
 from sweep.spaces import SEARCH_ARM
-from sweep.state import SweepState, child_runs, trial_rows
+from sweep.state import SweepState, child_runs
 from sweep.status import leaders
 from sweep.stores import mlflow_client
 
@@ -41,7 +41,8 @@ def mark_experiment(state: SweepState) -> None:
 
 def mark_findings(state: SweepState, levels: Sequence[Level]) -> dict[str, int]:
     """Tag every searched trial's run with `moonsweep.front` and `moonsweep.best_at_level`;
-    returns how many got `true` of each."""
+    returns how many got `true` of each. Only runs whose tags change are written (a run
+    starts with both `false`), so marking a sweep of thousands costs a few writes."""
     try:
         front = {row["trial"] for row in leaders(state)}
     except KeyError:  # no study: the sweep never asked Optuna for a trial
@@ -49,15 +50,16 @@ def mark_findings(state: SweepState, levels: Sequence[Level]) -> dict[str, int]:
     best = {lv.arms[SEARCHED].run_id for lv in levels if SEARCHED in lv.arms}
     client = mlflow_client(state.tracking_uri)
     counts = {"front": 0, "best_at_level": 0}
-    for row in trial_rows(state):
-        if row["arm"] != SEARCH_ARM:
-            continue
-        on_front = row["trial"] in front
-        at_level = row["mlflow_run_id"] in best
+    for run in child_runs(client, state, f"tags.`{ARM_TAG}` = '{SEARCH_ARM}'"):
+        tags = run.data.tags
+        on_front = tags.get("ray.trial_id") in front
+        at_level = run.info.run_id in best
         counts["front"] += on_front
         counts["best_at_level"] += at_level
-        tags = [RunTag(FRONT_TAG, flag(on_front)), RunTag(BEST_AT_LEVEL_TAG, flag(at_level))]
-        client.log_batch(row["mlflow_run_id"], tags=tags)
+        wanted = {FRONT_TAG: flag(on_front), BEST_AT_LEVEL_TAG: flag(at_level)}
+        changed = [RunTag(k, v) for k, v in wanted.items() if tags.get(k) != v]
+        if changed:
+            client.log_batch(run.info.run_id, tags=changed)
     return counts
 
 

@@ -160,6 +160,10 @@ def trial_tags(
     }
     if level is not None:  # the density level its comparisons are made at
         tags[LEVEL_TAG] = f"{level:g}"
+    if arm == SEARCH_ARM:
+        # Not on the front until the finished sweep says so (sweep.marks flips the few that
+        # are): the end of a sweep of thousands then writes a handful of tags, not thousands.
+        tags[FRONT_TAG] = tags[BEST_AT_LEVEL_TAG] = flag(False)
     return tags
 
 
