@@ -1,0 +1,129 @@
+"""bench/scale.py at a tiny N: real sweeps, its figures checked against the stores they
+describe, and the reads it times paging and cutting the way they do at thousands of trials.
+
+The default space cut to its dense baseline and one level, two and four searched trials of
+two epochs on one seed, a 16-wide MLP: seconds of training per sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sweep import cli, state, status
+from sweep.state import child_runs, load_state, trial_rows
+from sweep.stores import load_study, mlflow_client
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (2, 4)
+
+
+def tiny_space(path: Path) -> Path:
+    space = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
+    space["baselines"] = {"dense": space["baselines"]["dense"]}
+    space["levels"] = [0.2]
+    space["parameters"]["sparsity.density"]["choices"] = [0.2]
+    space["budget"] = {**space["budget"], "max_concurrent": 1}  # one worker starts, not two
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory) -> tuple[dict, Path]:
+    root = tmp_path_factory.mktemp("scale")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOONSWEEP_", "MLFLOW_"))}
+    env.pop("RAY_ADDRESS", None)
+    env["OMP_NUM_THREADS"] = "1"
+    out = root / "scale.json"
+    sizes = ",".join(map(str, SIZES))
+    space = tiny_space(root / "tiny.yaml")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--sizes", sizes, "--keep"]
+        + ["--space", str(space), "--width", "16", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "driver time per trial" in proc.stdout  # the targets' line, N=4 against N=2
+    return json.loads(out.read_text()), root
+
+
+def test_figures_match_the_stores(scaled: tuple[dict, Path]) -> None:
+    data, _ = scaled
+    assert [r["n"] for r in data["results"]] == list(SIZES)
+    for r in data["results"]:
+        sweep, workdir = load_state(f"scale{r['n']}", r["workdir"])
+        assert sweep.status == "finished" and r["status"] == "finished"
+        assert r["trials"] == r["n"] + 1  # the dense baseline
+        assert r["suggested"] == r["n"]  # each searched trial's suggestion was timed
+        runs = child_runs(mlflow_client(sweep.tracking_uri), sweep)
+        assert len(runs) == r["trials"]
+        assert len(load_study(sweep.name, sweep.storage_url).trials) == r["n"]
+        # The driver's share, from the figures the row carries.
+        driver = (r["wall_s"] - r["ray_start_s"] - r["sum_trial_s"] / r["concurrency"]) / r[
+            "trials"
+        ]
+        assert math.isclose(r["driver_s_per_trial"], driver)
+        assert 0 < r["sum_trial_s"] < r["wall_s"] * r["concurrency"]
+        assert r["mlflow_queued"] >= 3 * r["trials"]  # at least start, a report, complete
+        sizes = r["sizes_mb"]
+        assert sizes["mlflow.db"] > 0 and sizes["optuna.db"] > 0 and sizes["ray"] > 0
+        assert os.path.getsize(Path(r["workdir"]) / "mlflow.db") / 2**20 == sizes["mlflow.db"]
+        assert r["driver_peak_mb"] > 100  # torch alone is more
+        for command, timed in r["commands"].items():
+            assert timed["rc"] == 0, (command, timed["tail"])
+            assert timed["s"] > 0
+    assert set(data["targets"]) == {"driver", "reads", "memory"}
+
+
+def test_reads_page_through_every_run(
+    scaled: tuple[dict, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow returns at most a page of runs per search: with pages of 2 every trial's row
+    still comes back, once (trial_rows stopped at 5,000 runs before, reconcile at 1,000)."""
+    data, _ = scaled
+    r = data["results"][-1]
+    sweep, _ = load_state(f"scale{r['n']}", r["workdir"])
+    whole = {row["mlflow_run_id"] for row in trial_rows(sweep)}
+    monkeypatch.setattr(state, "RUNS_PER_PAGE", 2)
+    paged = [row["mlflow_run_id"] for row in trial_rows(sweep)]
+    assert len(paged) == len(set(paged)) == len(whole) == r["trials"]
+    assert set(paged) == whole
+
+
+def test_status_shows_the_baselines_and_the_front_past_its_limit(
+    scaled: tuple[dict, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _ = scaled
+    r = data["results"][-1]
+    name, workdir = f"scale{r['n']}", r["workdir"]
+    runner = CliRunner()
+    everything = runner.invoke(cli.app, ["status", name, "--workdir", workdir])
+    assert everything.exit_code == 0, everything.output
+    monkeypatch.setattr(status, "ALL_ROWS", 2)
+    cut = runner.invoke(cli.app, ["status", name, "--workdir", workdir])
+    assert cut.exit_code == 0, cut.output
+    sweep, _ = load_state(name, workdir)
+    rows = trial_rows(sweep)
+    front = {row["trial"] for row in status.leaders(sweep)}
+    shown = {row["trial"] for row in rows if row["trial"] in cut.output}
+    expected = {row["trial"] for row in rows if row["arm"] != "search" or row["trial"] in front}
+    assert shown == expected
+    hidden = len(rows) - len(expected)
+    if hidden:
+        assert f"{hidden} more (" in cut.output
+    every = runner.invoke(cli.app, ["status", name, "--workdir", workdir, "--all"])
+    assert all(row["trial"] in every.output for row in rows)
