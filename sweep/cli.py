@@ -32,8 +32,8 @@ from sweep.crash import crash_home, write_crash_report
 from sweep.levels import compare_levels, level_comparison, levels_markdown
 from sweep.marks import mark_chosen, mark_experiment
 from sweep.naming import experiment_url
-from sweep.spaces import SEARCH_ARM
-from sweep.state import KEY_METRICS, TrialRow, default_workdir, load_state, trial_rows
+from sweep.spaces import KEY_METRICS, SEARCH_ARM
+from sweep.state import TrialRow, default_workdir, load_state, trial_rows
 from sweep.status import ALL_ROWS, format_table, hidden_note, leaders, rows_to_show
 from sweep.stores import environment_defaults, is_server, mask_url, quiet_libraries
 

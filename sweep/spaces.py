@@ -52,6 +52,8 @@ DEFAULT_BASELINES: dict[str, dict[str, Any]] = {
 
 # The arm of the trials Optuna suggests (the others are the baselines, by name).
 SEARCH_ARM = "search"
+# The figures `moonsweep status` shows per trial (sweep.state reads them back).
+KEY_METRICS = ("val/accuracy", "val/auroc_near", "val/auroc_far", "val/ece", "density")
 
 
 def arm_label(arm: str, level: float | None) -> str:
@@ -320,6 +322,14 @@ class SearchSpace(_Strict):
         if level is not None and arm != SEARCH_ARM:
             extra["sparsity.density"] = level
         return [self.trial_config(config.get("params", {}), seed, extra) for seed in self.seeds]
+
+    def decision_metrics(self) -> set[str]:
+        """The figures a sweep decides on: objectives, constraints, the early-stopping
+        metric, and those the status table shows (KEY_METRICS)."""
+        names = {o.metric for o in self.objectives} | {c.metric for c in self.constraints}
+        if self.early_stopping is not None:
+            names.add(self.early_stopping.metric)
+        return names | set(KEY_METRICS)
 
     def race_objectives(self) -> list[tuple[str, str]]:
         """(metric, mode) of the objectives racing compares on: all but density."""

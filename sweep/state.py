@@ -34,7 +34,7 @@ from engine.checkpoint import load_json
 from engine.config import ConfigError
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
 from sweep.naming import ARM_TAG, LEVEL_TAG, engine_metrics
-from sweep.spaces import SEARCH_ARM
+from sweep.spaces import KEY_METRICS, SEARCH_ARM
 from sweep.stores import load_study, mlflow_client
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -49,7 +49,6 @@ KEY_PARAMS = (
     "moon.alpha",
     "voting.mode",
 )
-KEY_METRICS = ("val/accuracy", "val/auroc_near", "val/auroc_far", "val/ece", "density")
 RUNS_PER_PAGE = 1000  # MLflow's own default page size
 RUN_STATES = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed"}
 

@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from engine.checkpoint import load_json
 from sweep.failures import RAY, failure_of, reason_of
 from sweep.naming import VOTING_TAG, kept_voting, mlflow_metric, trial_name, trial_tags
 from sweep.spaces import SEARCH_ARM, SearchSpace
@@ -356,15 +358,20 @@ class MlflowTracking(tune.Callback):
             self.client.set_terminated(run_id, "FAILED")
         elif result.get("final") == 1:
             history = result.get("history") or [{}]
-            # The last epoch's figures were just logged from the history: not twice.
-            final = {k: v for k, v in result.items() if k not in history[-1]}
-            ts = int(time.time() * 1000)
-            self._log_metrics(run_id, numeric_metrics(final, int(result.get("epoch", 0)), ts))
-            if checkpoint is not None:
-                with checkpoint.as_directory() as directory:
-                    folder = Path(directory) / FINAL_DIR
-                    if folder.is_dir():
-                        self.client.log_artifacts(run_id, str(folder), artifact_path="final")
+            ts, step = int(time.time() * 1000), int(result.get("epoch", 0))
+            with ExitStack() as stack:
+                folder = None
+                if checkpoint is not None:
+                    folder = Path(stack.enter_context(checkpoint.as_directory())) / FINAL_DIR
+                # Every final figure: Ray's result carries only those the sweep decides on
+                # (sweep.trial.reported); the checkpoint's metrics.json has them all.
+                recorded = folder / "metrics.json" if folder is not None else None
+                figures = load_json(recorded) if recorded and recorded.is_file() else result
+                # The last epoch's figures were just logged from the history: not twice.
+                final = {k: v for k, v in figures.items() if k not in history[-1]}
+                self._log_metrics(run_id, numeric_metrics(final, step, ts))
+                if folder is not None and folder.is_dir():
+                    self.client.log_artifacts(run_id, str(folder), artifact_path="final")
             if "test_time_pick" in result:  # the variant its rule kept (final/variants.json)
                 pick = str(result["test_time_pick"])
                 self.client.set_tag(run_id, "moonsweep.test_time", pick)

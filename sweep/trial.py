@@ -145,6 +145,37 @@ def _state_bytes(runs: list[Run]) -> bytes:
     return buffer.getvalue()
 
 
+# Numeric keys every report to Ray keeps besides the space's own metrics (sweep.search,
+# sweep.failures, the live view and the MLflow writer read them from Ray's result).
+SWEEP_KEYS = frozenset(
+    {"final", "epoch", "epochs_trained", "val_accuracy", "chance_accuracy", "retries",
+     "raced_out", "seeds_trained"}
+)  # fmt: skip
+
+
+def reported(result: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """What a report hands Ray: the figures the sweep decides on (the space's objectives,
+    constraints and early-stopping metric, the status table's key metrics), the sweep's own
+    keys and every non-numeric one; `seed_values` cut to those figures.
+
+    Ray keeps each trial's last result, and a min/max/mean of every number it was ever
+    sent, in the experiment state it saves every second: the engine's hundreds of detail
+    figures would make each save grow with the sweep (bench/scale.py). They travel in the
+    checkpoint instead (`final/metrics.json`, which MLflow logs) and in `history`.
+    """
+    kept = space.decision_metrics()
+    out = {
+        k: v
+        for k, v in result.items()
+        if k in kept or k in SWEEP_KEYS or isinstance(v, bool) or not isinstance(v, int | float)
+    }
+    if "seed_values" in out:
+        per_seed = json.loads(out["seed_values"])
+        cut = {s: {k: v for k, v in m.items() if k in kept} for s, m in per_seed.items()}
+        out["seed_values"] = json.dumps(cut)
+    return out
+
+
 def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
     """The Ray Tune function trainable."""
     torch.set_num_threads(max(1, int(space.resources.cpu)))
@@ -163,7 +194,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 recorded = Path(directory) / FINAL_DIR / "metrics.json"
                 if recorded.exists():
                     # Finished before the driver died, recorded after: report again, untrained.
-                    tune.report(load_json(recorded))
+                    tune.report(reported(load_json(recorded), space))
                     return
                 states, note = _restore(checkpoint, Path(directory))
         test_time = space.test_time_for(config)
@@ -200,7 +231,7 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 save_json(out / f"metrics-seed{seed}.json", result.metrics)
             if finished.variants:
                 save_json(out / "variants.json", finished.variants)
-            tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(reported(final, space), checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:  # failures are data: record why, let the sweep go on
         epoch = exc.epoch if isinstance(exc, TrainingFailed) else 0
         reason = str(exc) if isinstance(exc, TrainingFailed) else f"{type(exc).__name__}: {exc}"
@@ -290,7 +321,11 @@ class _Reporter:
                         {"runs": [r.state_dict() for r in runs]},
                         before_rename=lambda e=epoch: faults.fire("checkpoint", e),
                     )
-                    report = {**metrics, "history": self.history, **node_placement()}
+                    report = {
+                        **reported(metrics, space),
+                        "history": self.history,
+                        **node_placement(),
+                    }
                     if self.note:
                         report["checkpoint_fallback"] = self.note[:500]
                         self.note = ""

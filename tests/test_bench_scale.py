@@ -16,16 +16,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.tune import ExperimentAnalysis
 from typer.testing import CliRunner
 
 from sweep import cli, state, status
-from sweep.state import child_runs, load_state, trial_rows
+from sweep.naming import mlflow_metric
+from sweep.spaces import SearchSpace, load_space
+from sweep.state import child_runs, load_run_json, load_state, trial_rows
 from sweep.stores import load_study, mlflow_client
+from sweep.trial import SWEEP_KEYS, reported
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (2, 4)
+# What Ray adds to every result itself.
+RAY_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "training_iteration",
+            "time_since_restore", "iterations_since_restore", "done"}  # fmt: skip
 
 
 def tiny_space(path: Path) -> Path:
@@ -127,3 +134,53 @@ def test_status_shows_the_baselines_and_the_front_past_its_limit(
         assert f"{hidden} more (" in cut.output
     every = runner.invoke(cli.app, ["status", name, "--workdir", workdir, "--all"])
     assert all(row["trial"] in every.output for row in rows)
+
+
+def test_a_report_carries_the_figures_the_sweep_decides_on() -> None:
+    space = load_space("default")
+    final = {
+        "val/auroc_near": 0.9,  # an objective
+        "val/accuracy": 0.95,  # an objective and the constraint's metric
+        "val/auroc_far": 0.97,  # the status table's
+        "val/energy/auroc_near": 0.8,  # detail: the checkpoint's metrics.json has it
+        "auroc/photo": 0.7,
+        "std/val/auroc_near": 0.01,
+        "epoch": 30,
+        "final": 1,
+        "raced_out": 1,
+        "test_time_pick": "weights/msp",
+        "history": [{"epoch": 30, "loss": 0.1}],
+        "seed_values": json.dumps({"0": {"val/auroc_near": 0.9, "auroc/photo": 0.7}}),
+    }
+    out = reported(final, space)
+    assert set(out) == set(final) - {"val/energy/auroc_near", "auroc/photo", "std/val/auroc_near"}
+    assert out["history"] == final["history"] and out["test_time_pick"] == "weights/msp"
+    assert json.loads(out["seed_values"]) == {"0": {"val/auroc_near": 0.9}}
+
+
+def test_ray_holds_the_decisions_and_mlflow_every_figure(scaled: tuple[dict, Path]) -> None:
+    """Ray's saved experiment state (written every second, all trials) keeps only what the
+    sweep decides on; every final figure still reaches MLflow, from the checkpoint."""
+    data, _ = scaled
+    r = data["results"][-1]
+    sweep, folder = load_state(f"scale{r['n']}", r["workdir"])
+    space = SearchSpace.model_validate({**sweep.space, "source_dir": str(folder)})
+    kept = space.decision_metrics() | SWEEP_KEYS | RAY_KEYS
+    for trial in ExperimentAnalysis(str(folder / "ray")).trials:
+        numeric = {
+            k
+            for k, v in (trial.last_result or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        assert numeric <= kept, numeric - kept
+    client = mlflow_client(sweep.tracking_uri)
+    finished = [run for run in child_runs(client, sweep) if run.info.status == "FINISHED"]
+    assert finished
+    for run in finished:
+        recorded = load_run_json(client, run.info.run_id, "final/metrics.json")
+        details = [k for k in recorded if k.count("/") >= 2 and isinstance(recorded[k], float)]
+        assert len(details) > 20  # per-set, per-score figures: none of them in Ray's result
+        for key in details:
+            assert math.isclose(run.data.metrics[mlflow_metric(key)], recorded[key]) or (
+                math.isnan(recorded[key])
+            )
