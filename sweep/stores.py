@@ -50,9 +50,6 @@ ENVIRONMENT_DEFAULTS = {
     "RAY_DEDUP_LOGS": "1",
     # With a tracking server MLflow prints a "View run" URL per run: the summary names it.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    # Save the experiment state (trials, searcher) at least every second, not every 10+ s: a
-    # killed driver then leaves few trials that Ray never recorded (they start over as new).
-    "TUNE_GLOBAL_CHECKPOINT_S": "1",
     # A tracking server that went away: our writer retries (and spools); MLflow's own
     # retries (7 by default, minutes of backoff) would only hold the writer up.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
