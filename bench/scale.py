@@ -1,10 +1,11 @@
 """What a sweep costs per trial as it grows: N = 100, 1,000, 5,000 trials through one driver.
 
 Each N is a real sweep of the default space (embedded Ray, MLflow and Optuna on SQLite in a
-fresh work directory, the bundled digits suite, its baselines, test-time grid, racing and
-sampler) with trials as cheap as the engine allows: `--epochs` (2: MOON's warm-up needs
-one) epochs, `--seeds` (1) seed (with more, racing on all but one), the MLP `--width` (32)
-wide. Each N runs in its own process, so the driver's peak memory is that sweep's alone.
+fresh work directory, the bundled digits suite, its baselines, levels and sampler) with
+trials as cheap as the engine allows: `--epochs` (2: MOON's warm-up needs one) epochs,
+`--seeds` (1) seed (with more, racing on all but one), the MLP `--width` (32) wide, the
+test-time grid off unless `--test-time`. Each N runs in its own process, so the driver's
+peak memory is that sweep's alone.
 Per N it prints:
 
 - wall time, Ray's start-up, the trials' own time summed (Ray's `time_total_s`), the
@@ -66,9 +67,12 @@ TARGET_MEMORY_RATIO = 2.0  # the driver's peak memory, largest N / smallest N
 COMMANDS = ("status", "select", "report", "resume")
 
 
-def scale_space(space_name: str, trials: int, seeds: int, width: int) -> dict[str, Any]:
+def scale_space(
+    space_name: str, trials: int, seeds: int, width: int, test_time: bool = False
+) -> dict[str, Any]:
     """The space (default: `default`) with `trials` searched trials on `seeds` seeds
-    (racing on all but one of them, none with one seed), the model `width` wide."""
+    (racing on all but one of them, none with one seed), the model `width` wide, and its
+    test-time grid only with `test_time` (each variant is an evaluation in the trial)."""
     space = load_space(space_name)
     data = space.model_dump(mode="json")
     if space.source_dir and (Path(space.source_dir) / space.base).is_file():
@@ -78,6 +82,8 @@ def scale_space(space_name: str, trials: int, seeds: int, width: int) -> dict[st
         data["race"] = {**data["race"], "seeds": seeds - 1} if seeds > 1 else None
     data["budget"] = {**data["budget"], "trials": trials}
     data["set"] = {**data.get("set", {}), "model.width": width}
+    if not test_time:
+        data["test_time"] = None
     return data
 
 
@@ -147,7 +153,7 @@ def one(trials: int, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="moonsweep-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     space_file = workdir / "scale.yaml"
-    data = scale_space(args.space, trials, args.seeds, args.width)
+    data = scale_space(args.space, trials, args.seeds, args.width, args.test_time)
     space_file.write_text(yaml.safe_dump(data, sort_keys=False))
     name = f"scale{trials}"
     started = time.perf_counter()
@@ -264,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--width", type=int, default=32, help="the MLP's width (model.width)")
+    parser.add_argument("--test-time", action="store_true", help="keep the space's test-time grid")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep each sweep's work directory")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
@@ -278,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         child = [sys.executable, __file__, "--one", str(n), "--epochs", str(args.epochs)]
         child += ["--seeds", str(args.seeds), "--space", args.space, "--width", str(args.width)]
         child += ["--keep"] if args.keep else []
+        child += ["--test-time"] if args.test_time else []
         out = subprocess.run(child, stdout=subprocess.PIPE, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("SCALE ")]
         if out.returncode != 0 or not lines:
