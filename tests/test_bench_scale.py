@@ -2,7 +2,7 @@
 describe, and the reads it times paging and cutting the way they do at thousands of trials.
 
 The default space cut to its dense baseline and one level, two and four searched trials of
-two epochs on one seed, a 16-wide MLP: seconds of training per sweep.
+four epochs on one seed, a 64-wide MLP: seconds of training per sweep.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def scaled(tmp_path_factory) -> tuple[dict, Path]:
     space = tiny_space(root / "tiny.yaml")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py"), "--sizes", sizes, "--keep"]
-        + ["--space", str(space), "--width", "16", "--json", str(out)],
+        + ["--space", str(space), "--width", "64", "--epochs", "4", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -91,7 +91,10 @@ def test_figures_match_the_stores(scaled: tuple[dict, Path]) -> None:
         assert os.path.getsize(Path(r["workdir"]) / "mlflow.db") / 2**20 == sizes["mlflow.db"]
         assert r["driver_peak_mb"] > 100  # torch alone is more
         for command, timed in r["commands"].items():
-            assert timed["rc"] == 0, (command, timed["tail"])
+            # A tiny sweep whose searched trials all collapsed has nothing to select: the
+            # one-line answer, exit 2; everything else works on any sweep.
+            nothing = command == "select" and "no finished searched trial" in timed["tail"]
+            assert timed["rc"] == (2 if nothing else 0), (command, timed["tail"])
             assert timed["s"] > 0
     assert set(data["targets"]) == {"driver", "reads", "memory"}
 
