@@ -387,6 +387,7 @@ def select(
     constraints = list(constraint or [])
     if density_budget is not None and not 0 < density_budget <= 1:
         raise ConfigError(f"--density-budget {density_budget:g}: give a density in (0, 1]")
+    rows = trial_rows(state, all_metrics=True)  # one read of the store for all of it
     selection = choose(
         state,
         constraints,
@@ -396,6 +397,7 @@ def select(
         on_progress=lambda line: typer.echo(line, err=True),
         sweep_constraints_too=space_constraints,
         density_budget=density_budget,
+        rows=rows,
     )
     version = None
     if register:
@@ -404,7 +406,6 @@ def select(
     mark_chosen(state, chosen["mlflow_run_id"])  # the MLflow UI's `moonsweep.chosen` tag
     level = None
     if chosen.get("level") is not None:  # paired deltas against the arms of its own level
-        rows = trial_rows(state, all_metrics=True)
         level = level_comparison(state, rows, chosen["level"], chosen)
     if as_json:
         out = {

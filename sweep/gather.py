@@ -142,15 +142,17 @@ def row_label(row: Row) -> str:
     return f"#{row['optuna']} {row['trial']}"
 
 
-def choose(state: SweepState) -> tuple[Selection | None, list[str]]:
+def choose(
+    state: SweepState, rows: Sequence[TrialRow] | None = None
+) -> tuple[Selection | None, list[str]]:
     """`sweep.selection.select` with the space's constraints; without them when no trial
     meets them (the notes say so); None when nothing can be chosen."""
     try:
-        return select(state), []
+        return select(state, rows=rows), []
     except ConfigError as exc:
         first = str(exc)
     try:
-        selection = select(state, sweep_constraints_too=False)
+        selection = select(state, sweep_constraints_too=False, rows=rows)
     except ConfigError as exc:
         return None, [first, str(exc)]
     return selection, [f"{first}; chosen without the space's constraints instead"]
@@ -304,7 +306,7 @@ def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
     if not rows:
         raise ConfigError(f"sweep {state.name} has no finished trial yet; nothing to report")
     progress(f"{len(rows)} finished trials of {len(all_rows)}; choosing a model")
-    selection, notes = choose(state)
+    selection, notes = choose(state, all_rows)
     chosen = selection.chosen if selection is not None else None
 
     progress("per-seed figures of the compared arms")

@@ -49,7 +49,15 @@ from sweep.progress import LiveView
 from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
 from sweep.spool import Spool
-from sweep.state import SweepState, child_runs, default_workdir, load_state, sweep_dir
+from sweep.state import (
+    SweepState,
+    child_runs,
+    default_workdir,
+    keep_rows,
+    load_state,
+    read_rows,
+    sweep_dir,
+)
 from sweep.stores import (
     check_stores,
     ensure_experiment,
@@ -400,10 +408,12 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         return {"name": state.name, "status": "interrupted", "folder": str(folder)}
     cleanup = reconcile(state, {t.trial_id for t in trials})
-    levels = compare_levels(state)
+    rows = read_rows(state)  # once: each read of a sweep of thousands takes seconds
+    levels = compare_levels(state, rows)
     log_levels(state, levels)
     mark_findings(state, levels)
     mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED")
+    keep_rows(state, folder, rows)  # what every read of the finished sweep starts from
     state.status = "finished"
     save_json(folder / "sweep.json", state.model_dump())
     return {"name": state.name, "status": "finished", "folder": str(folder), **cleanup}

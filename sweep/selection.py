@@ -34,7 +34,7 @@ from engine.config import ConfigError
 from sweep.constraints import OPS, Constraint
 from sweep.replay import retrain
 from sweep.spaces import SEARCH_ARM, SpaceConstraint
-from sweep.state import SweepState, seed_metrics, trial_rows
+from sweep.state import SweepState, TrialRow, seed_metrics, trial_rows
 from sweep.stats import number, paired_deltas, t_interval
 from sweep.status import format_value
 
@@ -202,8 +202,10 @@ def select(
     sweep_constraints_too: bool = True,
     on_progress: ProgressFn | None = None,
     density_budget: float | None = None,
+    rows: Sequence[TrialRow] | None = None,
 ) -> Selection:
-    """Choose a searched trial of a sweep.
+    """Choose a searched trial of a sweep (`rows`: its `trial_rows(state, all_metrics=True)`
+    when the caller has read them already; one read of a sweep of thousands takes seconds).
 
     `density_budget` keeps the trials whose density is at most it: their level where the
     space has levels (an ERK mask's achieved density sits a hair off its level), else the
@@ -222,7 +224,8 @@ def select(
     """
     if confirm_seeds < 0:
         raise ConfigError(f"--confirm-seeds must be 0 or more, got {confirm_seeds}")
-    rows = [r for r in trial_rows(state, all_metrics=True) if r["state"] == "done"]
+    every = trial_rows(state, all_metrics=True) if rows is None else rows
+    rows = [r for r in every if r["state"] == "done"]
     searched = [r for r in rows if r["arm"] == SEARCH_ARM]
     baselines = [r for r in rows if r["arm"] != SEARCH_ARM]
     objectives = [(o["metric"], o["direction"]) for o in state.space["objectives"]]

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from sweep import cli, state, status
 from sweep.naming import mlflow_metric
 from sweep.spaces import SearchSpace, load_space
-from sweep.state import child_runs, load_run_json, load_state, trial_rows
+from sweep.state import child_runs, load_run_json, load_state, read_rows, trial_rows
 from sweep.stores import load_study, mlflow_client
 from sweep.trial import SWEEP_KEYS, reported
 
@@ -107,11 +107,14 @@ def test_reads_page_through_every_run(
     data, _ = scaled
     r = data["results"][-1]
     sweep, _ = load_state(f"scale{r['n']}", r["workdir"])
-    whole = {row["mlflow_run_id"] for row in trial_rows(sweep)}
+    whole = {row["mlflow_run_id"] for row in read_rows(sweep)}
     monkeypatch.setattr(state, "RUNS_PER_PAGE", 2)
-    paged = [row["mlflow_run_id"] for row in trial_rows(sweep)]
+    paged = [row["mlflow_run_id"] for row in read_rows(sweep)]
     assert len(paged) == len(set(paged)) == len(whole) == r["trials"]
     assert set(paged) == whole
+    # The finished sweep's kept rows are what MLflow holds.
+    kept, read = trial_rows(sweep, all_metrics=True), read_rows(sweep)
+    assert json.dumps(kept, sort_keys=True) == json.dumps(read, sort_keys=True)  # NaN == NaN
 
 
 def test_status_shows_the_baselines_and_the_front_past_its_limit(
