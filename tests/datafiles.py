@@ -57,12 +57,22 @@ def _labels(num_classes: int, per_class: int, rng: np.random.Generator) -> np.nd
 
 
 def write_cifar10(root: Path, per_class: int = 5, n_test: int = 20) -> dict[str, np.ndarray]:
-    """cifar-10-batches-py/: 5 train batches, test_batch, batches.meta; returns what it wrote."""
+    """cifar-10-batches-py/: 5 train batches, test_batch, batches.meta; returns what it wrote.
+
+    Each class's images are one random picture plus noise, so a small network learns them
+    in a few epochs: a cut sweep on these files has trials that train (pure noise would
+    leave every one at chance)."""
     rng = np.random.default_rng(10)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
+    templates = rng.integers(0, 256, (10, 3072))
+
+    def images(labels: np.ndarray) -> np.ndarray:
+        noisy = templates[labels] + rng.normal(0, 32, (len(labels), 3072))
+        return np.clip(noisy, 0, 255).astype(np.uint8)
+
     y_train = _labels(10, per_class, rng)
-    x_train = rng.integers(0, 256, (len(y_train), 3072), dtype=np.uint8)
+    x_train = images(y_train)
     for b, (xb, yb) in enumerate(zip(np.split(x_train, 5), np.split(y_train, 5), strict=True)):
         batch = {
             b"batch_label": f"training batch {b + 1} of 5".encode(),
@@ -72,7 +82,7 @@ def write_cifar10(root: Path, per_class: int = 5, n_test: int = 20) -> dict[str,
         }
         _dump_py2(batch, folder / f"data_batch_{b + 1}")
     y_test = rng.integers(0, 10, n_test)
-    x_test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    x_test = images(y_test)
     test = {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in y_test]}
     _dump_py2({**test, b"data": x_test, b"filenames": [b"t.png"] * n_test}, folder / "test_batch")
     meta = {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072}
