@@ -113,6 +113,7 @@ class MlflowTracking(tune.Callback):
         # Every write is kept on disk until the store has it (None: in memory only).
         self.spool = Spool(spool_dir) if spool_dir else None
         self.closed: set[str] = set()  # runs FINISHED before a resume: never written again
+        self.undescribed: set[str] = set()  # runs created whose params are not written yet
         self._unflushed: list[Path] = []  # spooled epochs whose metrics wait in `pending`
         self._deadline: float | None = None  # set by drain(): stop waiting for the store
         self._flushed = 0.0
@@ -130,10 +131,14 @@ class MlflowTracking(tune.Callback):
             "last_step": {},
             "pending": {},
             "closed": set(),
+            "undescribed": set(),
             "_unflushed": [],
             "_deadline": None,
             "restored": True,
         }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"undescribed": set(), **state})  # pickled before it existed
 
     @property
     def client(self) -> MlflowClient:
@@ -247,6 +252,7 @@ class MlflowTracking(tune.Callback):
     def _run_for(self, trial_id: str, config: dict[str, Any]) -> str:
         """The trial's child run: created once, or found by tag after a resume."""
         if trial_id in self.runs:
+            self._describe_once(self.runs[trial_id], config)
             return self.runs[trial_id]
         found = []
         if self.restored:
@@ -259,6 +265,8 @@ class MlflowTracking(tune.Callback):
             )
         if found:
             run_id = found[0].info.run_id
+            if not found[0].data.params:  # created by a driver killed before it described it
+                self.undescribed.add(run_id)
             # A resumed trial repeats the epochs after its last checkpoint: log them once.
             self.last_step[run_id] = int(found[0].data.metrics.get("epoch", 0))
             if found[0].info.status == "FINISHED":
@@ -268,7 +276,15 @@ class MlflowTracking(tune.Callback):
         else:
             run_id = self._create(trial_id, config)
         self.runs[trial_id] = run_id
+        self._describe_once(run_id, config)
         return run_id
+
+    def _describe_once(self, run_id: str, config: dict[str, Any]) -> None:
+        # Apart from the run's creation: a store that goes away between the two must not
+        # make the retry create a second run for the trial.
+        if run_id in self.undescribed:
+            self._describe(run_id, config)
+            self.undescribed.discard(run_id)
 
     def _create(self, trial_id: str, config: dict[str, Any]) -> str:
         arm, level = config.get("arm", SEARCH_ARM), config.get("level")
@@ -283,7 +299,13 @@ class MlflowTracking(tune.Callback):
         }
         name = trial_name(arm, level, optuna_trial, configs[0])
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        run_id = run.info.run_id
+        self.undescribed.add(run.info.run_id)
+        return run.info.run_id
+
+    def _describe(self, run_id: str, config: dict[str, Any]) -> None:
+        """The run's params and `trial.json` (both safe to write again)."""
+        arm, level = config.get("arm", SEARCH_ARM), config.get("level")
+        configs = self.space.arm_configs(config)
         params = flatten(configs[0].model_dump(mode="json"))
         params["seed"] = ",".join(str(c.seed) for c in configs)
         params.update({f"searched.{k}": v for k, v in config.get("params", {}).items()})
@@ -305,7 +327,6 @@ class MlflowTracking(tune.Callback):
             },
             "trial.json",
         )
-        return run_id
 
     def _log_epochs(
         self, trial_id: str, config: dict[str, Any], history: list[dict[str, Any]]

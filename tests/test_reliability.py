@@ -40,8 +40,10 @@ from services import free_port, mlflow_server, ray_cluster
 
 from engine.checkpoint import CheckpointError, load_checkpoint, load_newest, save_checkpoint
 from engine.train import Run
+from sweep.spaces import load_space
 from sweep.stats import aggregate
-from sweep.stores import mask_url
+from sweep.stores import ensure_experiment, mask_url, mlflow_client
+from sweep.tracking import MlflowTracking
 from sweep.trial import epochs_so_far
 
 pytestmark = pytest.mark.slow
@@ -336,6 +338,35 @@ def test_tracking_server_stopped_and_restarted_mid_sweep(tmp_path: Path) -> None
         assert "hunter2" not in out + err
         assert not [t for t in parent.data.tags.values() if "hunter2" in t]
         assert mask_url(uri) in parent.data.tags["moonsweep.command"]
+
+
+def test_a_store_lost_after_a_run_was_created_gets_no_second_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store goes away between a run's creation and its params: the writer's retry
+    describes the run it created, it does not create another (seen in CI under load: a
+    trial with two runs, one KILLED and empty)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment = ensure_experiment(client, "e", (tmp_path / "a").as_uri(), {})
+    parent = client.create_run(experiment).info.run_id
+    tracking = MlflowTracking(uri, experiment, parent, load_space("default"))
+    real, failures = tracking.client.log_batch, []
+
+    def flaky(*args, **kwargs):
+        if kwargs.get("params") and not failures:
+            failures.append(1)
+            raise ConnectionError("the store went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.client, "log_batch", flaky)
+    monkeypatch.setattr("sweep.tracking.time.sleep", lambda s: None)  # no retry back-off
+    config = {"arm": "dense", "level": None, "params": {}, "optuna_trial": -1}
+    assert tracking._write(tracking._run_for, ("t1", config))
+    runs = client.search_runs([experiment], filter_string="tags.`ray.trial_id` = 't1'")
+    assert failures and len(runs) == 1
+    assert runs[0].data.params["sparsity.method"] == "dense"
+    client.download_artifacts(runs[0].info.run_id, "trial.json", str(tmp_path))
 
 
 def test_worker_node_lost_mid_trial(tmp_path: Path) -> None:
