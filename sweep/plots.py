@@ -162,7 +162,7 @@ def pareto_front_figure(
         ax.set_ylabel(f"{prefix}auroc_near")
         notes = [f"{len(off)} off the front shaded by count"] if off else []
         notes += [f"{hidden} weaker trials outside"] if hidden else []
-        ax.set_title(f"{title} parts" + (f" ({'; '.join(notes)})" if notes else ""))
+        ax.set_title(f"{title} parts" + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
