@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.functional.classification import (
+    binary_average_precision,
+    binary_roc,
+    multiclass_calibration_error,
+)
 
 __all__ = ["OOD_METRICS", "classification_metrics", "ood_metrics", "summarize_ood"]
 
@@ -34,14 +37,12 @@ OOD_METRICS: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")
 _TPR_LEVEL = 0.95
 
 
-def _as_1d_numpy(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    arr = np.asarray(x, dtype=np.float64).reshape(-1)
-    if arr.size == 0:
+def _as_1d_tensor(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    arr = torch.as_tensor(x).detach().cpu().double().reshape(-1)
+    if arr.numel() == 0:
         raise ValueError(f"{what} is empty")
-    # sklearn's own message on NaN/inf does not say which side was broken.
-    if not np.all(np.isfinite(arr)):
+    # The curves are computed unchecked, so NaN/inf is refused here, naming the side.
+    if not bool(torch.isfinite(arr).all()):
         raise ValueError(f"{what} contains NaN or infinite values")
     return arr
 
@@ -51,26 +52,36 @@ def ood_metrics(
 ) -> dict[str, float]:
     """AUROC, FPR at 95% TPR, AUPR-In and AUPR-Out; ID is the positive class.
 
-    - ``auroc``: ``roc_auc_score`` (ties count one half).
+    - ``auroc``: the area under the ROC curve by the trapezoidal rule (ties count one half),
+      as scikit-learn's ``roc_auc_score``.
     - ``fpr95``: fraction of OOD accepted as ID at the largest threshold that accepts at
-      least 95% of ID, read off ``roc_curve(drop_intermediate=False)``.
+      least 95% of ID, read off the ROC curve (one point per distinct score).
     - ``aupr_in``: average precision with ID positive, ranked by the score.
     - ``aupr_out``: average precision with OOD positive, ranked by minus the score.
     """
-    id_arr = _as_1d_numpy(id_scores, "id_scores")
-    ood_arr = _as_1d_numpy(ood_scores, "ood_scores")
-    labels = np.concatenate([np.ones(id_arr.size), np.zeros(ood_arr.size)])
-    scores = np.concatenate([id_arr, ood_arr])
+    id_arr = _as_1d_tensor(id_scores, "id_scores")
+    ood_arr = _as_1d_tensor(ood_scores, "ood_scores")
+    labels = torch.cat(
+        [
+            torch.ones(id_arr.numel(), dtype=torch.long),
+            torch.zeros(ood_arr.numel(), dtype=torch.long),
+        ]
+    )
+    # Every figure depends on the scores' order only. torchmetrics squashes scores outside
+    # [0, 1] with a sigmoid (in float32, so large ones would tie), so it gets their dense
+    # ranks scaled into [0, 1]: the same order, ties kept exactly.
+    ranks = torch.unique(torch.cat([id_arr, ood_arr]), return_inverse=True)[1].double()
+    scores = ranks / max(float(ranks.max()), 1.0)
 
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    fpr, tpr, _ = binary_roc(scores, labels, validate_args=False)
     # tpr is non-decreasing and ends at 1, so the first index reaching the level exists and
     # is the highest threshold (lowest FPR) that does.
-    idx = int(np.argmax(tpr >= _TPR_LEVEL))
+    idx = int(torch.argmax((tpr >= _TPR_LEVEL).to(torch.uint8)))
     return {
-        "auroc": float(roc_auc_score(labels, scores)),
+        "auroc": float(torch.trapezoid(tpr, fpr)),
         "fpr95": float(fpr[idx]),
-        "aupr_in": float(average_precision_score(labels, scores)),
-        "aupr_out": float(average_precision_score(1 - labels, -scores)),
+        "aupr_in": float(binary_average_precision(scores, labels, validate_args=False)),
+        "aupr_out": float(binary_average_precision(1 - scores, 1 - labels, validate_args=False)),
     }
 
 

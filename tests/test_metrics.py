@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from engine.metrics import classification_metrics, ood_metrics, summarize_ood
 
@@ -86,6 +86,25 @@ def test_ood_metrics_random_with_ties(seed: int) -> None:
     mt = ood_metrics(torch.from_numpy(id_s).float(), torch.from_numpy(ood_s).float())
     assert mt["auroc"] == pytest.approx(m["auroc"])
     assert mt["fpr95"] == pytest.approx(m["fpr95"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ood_metrics_equal_scikit_learn_on_scores_of_any_range(seed: int) -> None:
+    # Energies and max logits run to tens: a sigmoid in float32 would make them tie.
+    rng = np.random.default_rng(seed)
+    id_s = rng.normal(30.0, 3.0, size=400)
+    ood_s = np.r_[rng.normal(27.0, 3.0, size=300), np.round(id_s[:50], 0)]
+    labels = np.r_[np.ones(id_s.size), np.zeros(ood_s.size)]
+    scores = np.r_[id_s, ood_s]
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    expected = {
+        "auroc": roc_auc_score(labels, scores),
+        "fpr95": fpr[np.argmax(tpr >= 0.95)],
+        "aupr_in": average_precision_score(labels, scores),
+        "aupr_out": average_precision_score(1 - labels, -scores),
+    }
+    m = ood_metrics(torch.from_numpy(id_s), ood_s)
+    assert m == pytest.approx(expected, rel=1e-6)
 
 
 def test_ood_metrics_rejects_bad_input() -> None:
