@@ -56,7 +56,7 @@ from bench._search import (  # noqa: E402
 )
 from engine.config import ConfigError  # noqa: E402
 from sweep.orchestrator import SweepOptions, init_ray, start_sweep  # noqa: E402
-from sweep.spaces import load_space  # noqa: E402
+from sweep.spaces import SEARCH_ARM, load_space  # noqa: E402
 from sweep.stores import quiet_libraries  # noqa: E402
 
 TARGET_OVERHEAD = 1.25
@@ -89,6 +89,9 @@ def run_one(space: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
         concurrency = state["space"]["budget"]["max_concurrent"]
         trials = ExperimentAnalysis(str(folder / "ray")).trials
         trial_times = [float((t.last_result or {}).get("time_total_s", 0.0)) for t in trials]
+        searched_times = [
+            s for t, s in zip(trials, trial_times, strict=True) if t.config.get("arm") == SEARCH_ARM
+        ]
         records, epochs, seeds = sweep_records(name, workdir)
     finally:
         ray.shutdown()  # the next sweep starts its own Ray, as a user's next run would
@@ -108,6 +111,8 @@ def run_one(space: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall,
         "ray_start_s": ray_start,
         "sum_trial_s": sum(trial_times),
+        "searched_trial_s": sum(searched_times),
+        "baseline_trial_s": sum(trial_times) - sum(searched_times),
         "ideal_s": ideal,
         "overhead": wall / ideal,
         "overhead_after_start": (wall - ray_start) / ideal,
@@ -119,14 +124,15 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
     """One table row per sweep, in the order they ran."""
     print(
         "| # | space | trials (searched) | failed | raced out | stopped | wall s | Ray start s "
-        "| sum of trial s | C | ideal s (sum / C) | overhead | w/o start |"
+        "| sum of trial s (baselines + searched) | C | ideal s (sum / C) | overhead | w/o start |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, r in enumerate(runs):
         print(
             f"| {i} | {r['space']} | {r['trials']} ({r['searched']}) | {r['failed']} "
             f"| {r['raced_out']} | {r['early_stopped']} | {r['wall_s']:.1f} "
-            f"| {r['ray_start_s']:.1f} | {r['sum_trial_s']:.1f} | {r['concurrency']} "
+            f"| {r['ray_start_s']:.1f} | {r['sum_trial_s']:.1f} ({r['baseline_trial_s']:.1f} "
+            f"+ {r['searched_trial_s']:.1f}) | {r['concurrency']} "
             f"| {r['ideal_s']:.1f} | {r['overhead']:.2f} | {r['overhead_after_start']:.2f} |"
         )
 

@@ -41,16 +41,20 @@ DiceLayers = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 def dice_layers(
-    models: list[Classifier], train_x: torch.Tensor, num_classes: int, percentile: float
-) -> DiceLayers:
-    """Per model, the DICE-masked known rows of the head and their biases (MOON.md 6)."""
-    weights, biases = [], []
-    for model, train_feats in zip(models, _outputs(models, train_x)[1], strict=True):
-        weight = model.head.weight[:num_classes].detach().float()
-        keep = dice_mask(weight, train_feats.mean(0), percentile)
-        weights.append(weight * keep)
-        biases.append(model.head.bias[:num_classes].detach().float())
-    return weights, biases
+    models: list[Classifier],
+    train_x: torch.Tensor,
+    num_classes: int,
+    percentiles: tuple[float, ...],
+) -> dict[float, DiceLayers]:
+    """Per percentile, per model, the DICE-masked known rows of the head and their biases
+    (MOON.md 6); the training set's features are computed once for every percentile."""
+    means = [feats.mean(0) for feats in _outputs(models, train_x)[1]]
+    heads = [model.head.weight[:num_classes].detach().float() for model in models]
+    biases = [model.head.bias[:num_classes].detach().float() for model in models]
+    return {
+        p: ([w * dice_mask(w, m, p) for w, m in zip(heads, means, strict=True)], biases)
+        for p in percentiles
+    }
 
 
 def score_inputs(
@@ -111,7 +115,7 @@ def evaluation(
     percentiles = dice_percentiles or (cfg.eval.dice_percentile,)
     dice = {}
     if "dice" in scores:
-        dice = {p: dice_layers(models, suite.train.x, k, p) for p in percentiles}
+        dice = dice_layers(models, suite.train.x, k, percentiles)
     groups = {s.name: s.group for s in suite.ood}
     classification: dict[str, dict[str, float]] = {}
     ood: dict[str, dict[tuple[str, float | None], dict[str, float]]] = {}

@@ -110,7 +110,8 @@ class Predictor:
         k, has_unknown = suite.num_classes, config.moon.enabled
         dice = None
         if config.eval.primary == "dice":
-            dice = dice_layers(models, suite.train.x, k, config.eval.dice_percentile)
+            percentile = config.eval.dice_percentile
+            dice = dice_layers(models, suite.train.x, k, (percentile,))[percentile]
         id_val = score_inputs(models, suite.val.x, k, has_unknown, dice)
         threshold = tpr_threshold(compute_score(config.eval.primary, id_val))
         return cls(

@@ -2,10 +2,12 @@
 
 The voting mode (how the last epochs' snapshots are folded, MOON.md section 3), the OOD
 score and DICE's percentile (section 6) change nothing in training, so one training gives
-every combination of a grid. `variants` evaluates them all from one `Run`; `pick` chooses
-one by a rule on validation figures, the same way wherever it runs (a sweep's trial,
-`moonsweep replay`). A variant's figures equal those of a training with its settings
-(tests/test_test_time.py).
+every combination of a grid. `variants` evaluates them all from one `Run`, on the validation
+parts only; `pick` chooses one by a rule on those figures, the same way wherever it runs (a
+sweep's trial, `moonsweep replay`), and `complete` evaluates the test parts of the one kept.
+So the test parts are never looked at for a choice, and a trial evaluates them once per seed
+instead of once per variant. A completed variant's figures equal those of a training with
+its settings (tests/test_test_time.py).
 
 Example:
     >>> grid = TestTime.model_validate(
@@ -20,13 +22,13 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.config import ScoreName, TrainConfig, apply_overrides, format_value, validate_config
-from engine.evaluate import evaluation
+from engine.evaluate import evaluate, evaluation
 from engine.train import Run, TrainResult
 from engine.voting import VOTING_MODES
 
@@ -127,7 +129,8 @@ def collected_modes(cfg: TrainConfig, test_time: TestTime | None) -> tuple[str, 
 
 
 def variants(run: Run, test_time: TestTime) -> list[TrainResult]:
-    """Every variant of a finished run, in grid order; each result's config is the variant's.
+    """Every variant of a finished run, in grid order, with its validation figures (and
+    density); each result's config is the variant's. `complete` adds the test figures.
 
     The models are folded once per voting mode and their outputs computed once per mode for
     every score and DICE percentile.
@@ -138,13 +141,22 @@ def variants(run: Run, test_time: TestTime) -> list[TrainResult]:
     results = []
     for mode in dict.fromkeys(v.voting_mode for v in grid):
         models = run.final_models(mode)
-        figures = evaluation(models, run.suite, cfg, run.masks, dice_percentiles=percentiles)
+        figures = evaluation(
+            models, run.suite, cfg, run.masks, parts=("val",), dice_percentiles=percentiles
+        )
         for variant in (v for v in grid if v.voting_mode == mode):
             metrics = figures.metrics(variant.score, variant.dice_percentile)
             results.append(
                 TrainResult(variant.config(cfg), metrics, run.history, models, run.masks, run.suite)
             )
     return results
+
+
+def complete(variant: TrainResult) -> TrainResult:
+    """A variant from `variants` with every figure, test parts included: exactly those of a
+    training with its settings."""
+    metrics = evaluate(variant.models, variant.suite, variant.config, variant.masks)
+    return replace(variant, metrics=metrics)
 
 
 def pick(means: list[dict[str, float]], rule: PickRule) -> int:

@@ -43,7 +43,7 @@ from ray import tune
 from engine import faults
 from engine.checkpoint import load_json, load_newest, save_checkpoint, save_json
 from engine.data import load_suite
-from engine.test_time import TestTime, collected_modes, pick, variant_name, variants
+from engine.test_time import TestTime, collected_modes, complete, pick, variant_name, variants
 from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import node_placement
 from sweep.failures import chance_accuracy, collapse, failure_kind
@@ -339,9 +339,11 @@ def _finish(
     history: list[dict[str, float]],
     evaluated: dict[int, list[TrainResult]],
 ) -> Finished:
-    """Fold the votes and evaluate every seed (every test-time variant, then the pick).
+    """Fold the votes and evaluate every seed: every test-time variant on the validation
+    parts, then the pick on every part.
 
     `evaluated` keeps each seed's variants (by seed), so race seeds are evaluated once.
+    The variants' table has the validation figures of each, and every figure of the pick.
     """
     if test_time is None:
         results = [run.finish() for run in runs]
@@ -353,7 +355,8 @@ def _finish(
         per_seed = [evaluated[run.cfg.seed] for run in runs]
         means = [aggregate([seed[i].metrics for seed in per_seed]) for i in range(len(per_seed[0]))]
         chosen = pick(means, test_time.pick)
-        results = [seed[chosen] for seed in per_seed]
+        results = [complete(seed[chosen]) for seed in per_seed]
+        means[chosen] = aggregate([r.metrics for r in results])
         table = [
             {"variant": variant_name(per_seed[0][i].config), "picked": i == chosen, **figures}
             for i, figures in enumerate(means)
