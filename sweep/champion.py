@@ -41,8 +41,9 @@ import sweep
 from engine.checkpoint import load_checkpoint
 from engine.config import ConfigError
 from engine.predict import Predictor
+from sweep.naming import FINAL_DIR
 from sweep.selection import Selection
-from sweep.state import FINAL_DIR, SweepState
+from sweep.state import SweepState
 from sweep.stats import number
 from sweep.stores import mlflow_client
 

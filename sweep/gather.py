@@ -37,10 +37,10 @@ from engine.evaluate import evaluate, score_inputs
 from engine.predict import Predictor
 from engine.scores import compute_score, mean_probs
 from sweep.levels import Level, compare_levels
+from sweep.naming import FINAL_DIR
 from sweep.selection import Selection, select
 from sweep.spaces import SEARCH_ARM
 from sweep.state import (
-    FINAL_DIR,
     SweepState,
     TrialRow,
     finished_study,

@@ -59,6 +59,7 @@ LEVEL_TAG = "moonsweep.level"
 METHOD_TAG = "moonsweep.method"
 MOON_TAG = "moonsweep.moon"
 VOTING_TAG = "moonsweep.voting"
+FINAL_DIR = "final"  # a finished trial's artifacts: metrics and one model per seed
 FRONT_TAG = "moonsweep.front"  # on the feasible Pareto front of the finished trials
 BEST_AT_LEVEL_TAG = "moonsweep.best_at_level"  # its level's best searched trial
 CHOSEN_TAG = "moonsweep.chosen"  # what `moonsweep select` chose last

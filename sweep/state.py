@@ -33,12 +33,11 @@ from pydantic import BaseModel, PrivateAttr
 from engine.checkpoint import load_json, save_bytes
 from engine.config import ConfigError
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
-from sweep.naming import ARM_TAG, LEVEL_TAG, engine_metrics
+from sweep.naming import ARM_TAG, FINAL_DIR, LEVEL_TAG, engine_metrics
 from sweep.spaces import KEY_METRICS, SEARCH_ARM
 from sweep.stores import load_study, mlflow_client
 
 PARENT_TAG = "mlflow.parentRunId"
-FINAL_DIR = "final"  # a finished trial's artifacts: metrics and one model per seed
 KEY_PARAMS = (
     "sparsity.method",
     "sparsity.density",

@@ -26,10 +26,10 @@ from ray import tune
 
 from engine.checkpoint import load_json
 from sweep.failures import RAY, failure_of, reason_of
-from sweep.naming import VOTING_TAG, kept_voting, mlflow_metric, trial_name, trial_tags
+from sweep.naming import FINAL_DIR, VOTING_TAG, kept_voting, mlflow_metric, trial_name, trial_tags
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.spool import Spool
-from sweep.state import FINAL_DIR, PARENT_TAG
+from sweep.state import PARENT_TAG
 from sweep.stores import library_versions, mask_url, mlflow_client, unreachable
 
 # Per-epoch metrics are sent at most this often (one batched call per run), so the driver

@@ -47,9 +47,9 @@ from engine.test_time import TestTime, collected_modes, complete, pick, variant_
 from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import node_placement
 from sweep.failures import chance_accuracy, collapse, failure_kind
+from sweep.naming import FINAL_DIR
 from sweep.racing import raced_by
 from sweep.spaces import SEARCH_ARM, SearchSpace
-from sweep.state import FINAL_DIR
 from sweep.stats import aggregate
 
 STATE_FILE = "state.pt"
