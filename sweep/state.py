@@ -27,6 +27,7 @@ from typing import Any, TypedDict
 
 import mlflow.entities
 import optuna
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, PrivateAttr
 
@@ -271,8 +272,14 @@ def load_run_json(client: MlflowClient, run_id: str, path: str) -> dict[str, Any
 
 def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
     """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
-    client = mlflow_client(state.tracking_uri)
-    return {
-        int(seed): load_run_json(client, run_id, f"{FINAL_DIR}/metrics-seed{seed}.json")
-        for seed in state.space["seeds"]
-    }
+    # One lookup of the run for all its seeds' files (the client's download looks the run
+    # up twice per file: most of the time at the end of a sweep).
+    uri = mlflow_client(state.tracking_uri).get_run(run_id).info.artifact_uri
+    repository = get_artifact_repository(uri)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in state.space["seeds"]:
+            path = f"{FINAL_DIR}/metrics-seed{seed}.json"
+            with open(repository.download_artifacts(path, tmp)) as handle:
+                out[int(seed)] = json.load(handle)
+    return out
