@@ -82,6 +82,17 @@ def trial_record(
     return record
 
 
+def on_test_parts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with their objectives' test-part figures as `values` (counted as before
+    where a record has them): a searched trial's validation figure for the test-time pick's
+    metric is a maximum over the grid, its test figure is not."""
+    out = []
+    for r in records:
+        test = r.get("test_values")
+        out.append({**r, "values": test, "counted": r["counted"] and test is not None})
+    return out
+
+
 def record_of(number: int, values: list[float]) -> dict[str, Any]:
     """A counted record with `values` (for examples and tests)."""
     return {"optuna": number, "state": "COMPLETE", "values": values, "feasible": True,
@@ -95,12 +106,17 @@ def sweep_records(name: str, workdir: Path) -> tuple[list[dict[str, Any]], int, 
     state, folder = load_state(name, workdir)
     space = SearchSpace.model_validate({**state.space, "source_dir": str(folder)})
     epochs, seeds = space.epochs, len(space.seeds)
-    last_epoch = {r["optuna"]: r["epochs"] for r in trial_rows(state) if r["arm"] == SEARCH_ARM}
+    rows = {r["optuna"]: r for r in trial_rows(state, all_metrics=True) if r["arm"] == SEARCH_ARM}
     study = optuna.load_study(study_name=name, storage=make_storage(state.storage_url))
-    records = [
-        trial_record(t, epochs, seeds, last_epoch.get(t.number))
-        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    ]
+    # The objectives on the test parts: `val/auroc_near` -> `auroc_near`, `density` as it is.
+    on_test = [o.metric.removeprefix("val/") for o in space.objectives]
+    records = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        row = rows.get(t.number, {})
+        record = trial_record(t, epochs, seeds, row.get("epochs"))
+        values = [row.get(m) for m in on_test]
+        record["test_values"] = values if record["values"] and None not in values else None
+        records.append(record)
     if [r["optuna"] for r in records] != list(range(len(records))):
         raise RuntimeError(f"sweep {name}: Optuna's trial numbers are not 0..n-1")
     return records, epochs, seeds

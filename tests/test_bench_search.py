@@ -186,3 +186,29 @@ def test_random_is_required() -> None:
         search.main(["--arms", "tpe,gp"])
     assert exc.value.code == 2
     assert "--arms: random is required" in err.getvalue()
+
+
+def test_records_carry_the_objectives_on_the_test_parts(done) -> None:
+    figures, _, _ = done
+    trials = [t for s in figures["sweeps"] for t in s["trials"] if t["values"]]
+    assert trials
+    for t in trials:
+        test = t["test_values"]
+        assert test is not None and len(test) == len(t["values"])
+        assert test[-1] == t["values"][-1]  # density: the same figure on both parts
+        assert all(0.0 <= v <= 1.0 for v in test)
+    # Test figures are not the validation ones (different images).
+    assert any(t["test_values"][:3] != t["values"][:3] for t in trials)
+
+
+def test_on_test_parts_swaps_the_objectives_and_drops_records_without_them() -> None:
+    counted = _search.record_of(0, [0.9, 0.1])
+    records = [
+        {**counted, "test_values": [0.8, 0.2]},
+        {**_search.record_of(1, [0.7, 0.3]), "test_values": None},
+        {**counted, "optuna": 2, "counted": False, "test_values": [0.6, 0.4]},
+    ]
+    swapped = _search.on_test_parts(records)
+    assert [r["values"] for r in swapped] == [[0.8, 0.2], None, [0.6, 0.4]]
+    assert [r["counted"] for r in swapped] == [True, False, False]
+    assert records[0]["values"] == [0.9, 0.1]  # the records themselves are left as they were
