@@ -68,33 +68,12 @@ ARMS: dict[str, list[str]] = {
 # Full sizes on a GPU, small ones on the CPU (ResNet-18 steps take seconds there).
 PARTS = ("training", "pipeline", "trials")
 SIZES = {
-    "cuda": {
-        "model": "resnet18",
-        "train_size": PAPER_TRAIN,
-        "epochs": 3,
-        "repeats": 2,
-        "trial_epochs": 2,
-        "workers": 8,
-        "pipeline_size": PAPER_TRAIN,
-    },
-    "cpu": {
-        "model": "resnet18",
-        "train_size": 512,
-        "epochs": 1,
-        "repeats": 2,
-        "trial_epochs": 2,
-        "workers": 2,
-        "pipeline_size": 10_000,
-    },
-    "tiny": {
-        "model": "cnn",
-        "train_size": 256,
-        "epochs": 1,
-        "repeats": 1,
-        "trial_epochs": 2,
-        "workers": 1,
-        "pipeline_size": 512,
-    },
+    "cuda": {"model": "resnet18", "train_size": PAPER_TRAIN, "epochs": 3, "repeats": 2,
+             "trial_epochs": 2, "workers": 8, "pipeline_size": PAPER_TRAIN},
+    "cpu": {"model": "resnet18", "train_size": 512, "epochs": 1, "repeats": 2,
+            "trial_epochs": 2, "workers": 2, "pipeline_size": 10_000},
+    "tiny": {"model": "cnn", "train_size": 256, "epochs": 1, "repeats": 1,
+             "trial_epochs": 2, "workers": 1, "pipeline_size": 512},
 }
 
 
@@ -161,9 +140,8 @@ def measure_training(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
                 run.train_epoch()  # each epoch ends with a host read: timings are synced
             secs = sum(h["seconds"] for h in run.history[1:])
             seconds[arm].append(secs)
-            print(
-                f"  training rep {rep + 1}/{args.repeats} {arm:<17} {secs:8.2f} s", file=sys.stderr
-            )
+            print(f"  training rep {rep + 1}/{args.repeats} {arm:<17} {secs:8.2f} s",
+                  file=sys.stderr)
     summary = ratio_summary(seconds, "dense")
     images = args.epochs * args.train_size
     for m in summary.values():
@@ -254,10 +232,7 @@ def measure_trials(args: argparse.Namespace) -> dict[str, Any]:
         procs = [
             subprocess.Popen(
                 [sys.executable, __file__, "--trial-worker", json.dumps(spec)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
             )
             for _ in range(n)
         ]
@@ -301,16 +276,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_gpu = "default: on with --device cuda"
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help=on_gpu)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help=on_gpu)
-    ap.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction, default=None, help=on_gpu
-    )
-    ap.add_argument(
-        "--parts",
-        nargs="+",
-        choices=PARTS,
-        default=list(PARTS),
-        help="which measurements to run (default: all)",
-    )
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help=on_gpu)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="which measurements to run (default: all)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--trial-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
