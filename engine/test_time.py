@@ -154,8 +154,10 @@ def variants(run: Run, test_time: TestTime) -> list[TrainResult]:
 
 def complete(variant: TrainResult) -> TrainResult:
     """A variant from `variants` with every figure, test parts included: exactly those of a
-    training with its settings."""
-    metrics = evaluate(variant.models, variant.suite, variant.config, variant.masks)
+    training with its settings (in the same order: test, validation, density)."""
+    test = evaluate(variant.models, variant.suite, variant.config, variant.masks, parts=("test",))
+    # Only the test parts are new: the validation figures and density are the variant's.
+    metrics = {**{k: v for k, v in test.items() if k not in variant.metrics}, **variant.metrics}
     return replace(variant, metrics=metrics)
 
 
