@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import threading
 from typing import Any
 
 import optuna
@@ -42,6 +43,26 @@ from sweep.racing import join_front, mean_figures
 from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
 from sweep.stats import number
 from sweep.stores import make_storage, searcher_study, searcher_trial, storage_trial_id
+
+_LOCK = type(threading.Lock())
+
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable: Ray pickles the searcher with the Tuner's state and in
+    its own checkpoints, and from Optuna 5.1 the GA samplers hold a `threading.Lock` (their
+    generation cache's), which pickle refuses. Locks are left out of the pickled state and
+    new ones made on unpickling; everything else (the RNG, the cache) is kept as it was."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if not isinstance(v, _LOCK)}
+        state["_unpickled_locks"] = [k for k, v in self.__dict__.items() if isinstance(v, _LOCK)]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        locks = state.pop("_unpickled_locks", [])
+        self.__dict__.update(state)
+        for name in locks:
+            setattr(self, name, threading.Lock())
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -68,7 +89,7 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     if s.name == "nsga2":
         # Its generations are `startup_trials` trials: the default 50 would leave a sweep of
         # a few dozen trials in the random first generation (bench/search.py).
-        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, s.startup_trials))
+        return NSGAIISampler(seed=s.seed, population_size=max(2, s.startup_trials))
     if s.name == "gp":
         return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
     return optuna.samplers.RandomSampler(seed=s.seed)
