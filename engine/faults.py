@@ -15,6 +15,9 @@ machine without a GPU, a driver killed while a checkpoint file is being written)
     MOONSWEEP_FAILPOINT=die@3          the driver SIGKILLs itself right after Ray has recorded a
                                        trial's checkpoint_000003: after Ray's checkpoint retention
                                        deleted older ones, before Ray saved its experiment state
+    MOONSWEEP_FAILPOINT=orphan@1       the driver SIGKILLs itself when the first trial ends that
+                                       Ray's experiment state saved on storage does not hold
+                                       (it started and ended between two saves)
     MOONSWEEP_FAILPOINT_TIMES=1        fire at most this many times in all processes
     MOONSWEEP_FAILPOINT_DIR=/some/dir  where firings are counted (needed with TIMES)
 
@@ -44,7 +47,15 @@ SITES = {
     "pause": "checkpoint",
     "crash": "cli",
     "die": "save",
+    "orphan": "unrecorded",
 }
+
+
+def names(site: str) -> bool:
+    """Whether the failpoint set (if any) sits at `site`: a caller may skip the work of
+    finding out whether it fires."""
+    kind = os.environ.get("MOONSWEEP_FAILPOINT", "").partition("@")[0]
+    return SITES.get(kind) == site
 
 
 def _armed(site: str, epoch: int) -> str | None:
@@ -73,7 +84,7 @@ def fire(site: str, epoch: int) -> None:
         raise RuntimeError(f"simulated failure after epoch {epoch}")
     if kind == "crash":
         raise RuntimeError("simulated internal error (MOONSWEEP_FAILPOINT=crash@0)")
-    if kind == "die":  # as a crash would: no handler, no atexit, nothing flushed
+    if kind in ("die", "orphan"):  # as a crash would: no handler, no atexit, nothing flushed
         os.kill(os.getpid(), signal.SIGKILL)
     if kind in ("stall", "pause"):
         folder = Path(os.environ.get("MOONSWEEP_FAILPOINT_DIR", "."))

@@ -60,6 +60,8 @@ METHOD_TAG = "moonsweep.method"
 MOON_TAG = "moonsweep.moon"
 VOTING_TAG = "moonsweep.voting"
 FINAL_DIR = "final"  # a finished trial's artifacts: metrics and one model per seed
+# In a sweep's folder: trials that ended after Ray's last save, kept on resume (sweep.adoption).
+ADOPTED_FILE = "adopted.json"
 FRONT_TAG = "moonsweep.front"  # on the feasible Pareto front of the finished trials
 BEST_AT_LEVEL_TAG = "moonsweep.best_at_level"  # its level's best searched trial
 CHOSEN_TAG = "moonsweep.chosen"  # what `moonsweep select` chose last

@@ -34,6 +34,7 @@ from engine import faults
 from engine.checkpoint import save_json
 from engine.config import ConfigError, config_error
 from engine.data import load_suite
+from sweep.adoption import adopt_unrecorded, adopted
 from sweep.cluster import (
     check_results_storage,
     experiment_path,
@@ -44,7 +45,7 @@ from sweep.cluster import (
 )
 from sweep.levels import compare_levels, log_levels
 from sweep.marks import mark_experiment, mark_findings
-from sweep.naming import EXPERIMENT_TAGS
+from sweep.naming import ADOPTED_FILE, EXPERIMENT_TAGS
 from sweep.progress import LiveView
 from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
@@ -299,11 +300,27 @@ def init_ray(address: str | None) -> None:
 class DriverFailpoints(tune.Callback):
     """Test-only failpoints in the driver (engine/faults.py; nothing happens unless set)."""
 
+    def __init__(self, ray_dir: str) -> None:
+        self.ray_dir = ray_dir
+        self.unrecorded = 0
+
     def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Ray has just recorded the checkpoint and deleted those past `num_to_keep`; its
         # experiment state is saved later in the same step.
         if trial.checkpoint is not None:
             faults.fire("save", int(Path(trial.checkpoint.path).name.rsplit("_", 1)[-1]))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The stores have heard of the trial's end (callbacks run in order); Ray's saved
+        # experiment state on storage may not hold the trial yet.
+        if faults.names("unrecorded") and not _saved_holds(self.ray_dir, trial.trial_id):
+            self.unrecorded += 1
+            faults.fire("unrecorded", self.unrecorded)
+
+
+def _saved_holds(ray_dir: str, trial_id: str) -> bool:
+    """Whether Ray's experiment state saved in a local `ray_dir` names the trial."""
+    return any(trial_id in p.read_text() for p in Path(ray_dir).glob("experiment_state*.json"))
 
 
 # Ray saves its experiment state (every trial, the searcher) at most this often; moonsweep
@@ -356,6 +373,9 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         MlflowTracking(
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
         ).send_spooled()
+        recorded = {t.trial_id for t in _experiment_trials(ray_dir)}
+        for line in adopt_unrecorded(state, space, folder, recorded):
+            print(line, file=sys.stderr)
     if restore and tune.Tuner.can_restore(ray_dir):
         for line in restore_missing_checkpoints(_experiment_trials(ray_dir)):
             print(line, file=sys.stderr)
@@ -368,7 +388,9 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=SweepSearcher(space, state.storage_url, state.name),
+                search_alg=SweepSearcher(
+                    space, state.storage_url, state.name, str(folder.resolve() / ADOPTED_FILE)
+                ),
                 scheduler=make_scheduler(space),
                 num_samples=total,
                 max_concurrent_trials=space.budget.max_concurrent,
@@ -385,7 +407,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                         state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
                     ),
                     LiveView(total, first.metric, first.mode),
-                    DriverFailpoints(),
+                    DriverFailpoints(ray_dir),
                 ],
                 failure_config=tune.FailureConfig(max_failures=2),
                 # Two: a trial whose latest checkpoint is corrupt resumes from the one before.
@@ -400,14 +422,15 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         raise
     trials = _experiment_trials(ray_dir)
+    trial_ids = {t.trial_id for t in trials} | set(adopted(folder))
     expected = space.budget.trials + len(space.baseline_trials())
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     # Writes the tracking store never confirmed (it was down at the end) wait for `resume`.
-    if unfinished or len(trials) < expected or len(Spool(spool)):
+    if unfinished or len(trial_ids) < expected or len(Spool(spool)):
         state.status = "interrupted"
         save_json(folder / "sweep.json", state.model_dump())
         return {"name": state.name, "status": "interrupted", "folder": str(folder)}
-    cleanup = reconcile(state, {t.trial_id for t in trials})
+    cleanup = reconcile(state, trial_ids)
     rows = read_rows(state)  # once: each read of a sweep of thousands takes seconds
     levels = compare_levels(state, rows)
     log_levels(state, levels)

@@ -20,6 +20,7 @@ import json
 import math
 import pickle
 import threading
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from engine.checkpoint import load_json
 from engine.config import ConfigError
 from engine.sparse_methods import DENSE
 from sweep.failures import (
@@ -42,7 +44,13 @@ from sweep.failures import (
 from sweep.racing import join_front, mean_figures
 from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
 from sweep.stats import number
-from sweep.stores import make_storage, searcher_study, searcher_trial, storage_trial_id
+from sweep.stores import (
+    adopt_searcher_trial,
+    make_storage,
+    searcher_study,
+    searcher_trial,
+    storage_trial_id,
+)
 
 _LOCK = type(threading.Lock())
 
@@ -103,9 +111,18 @@ class SweepSearcher(Searcher):
     constraints refers to is told to Optuna when that baseline has finished.
     """
 
-    def __init__(self, space: SearchSpace, storage_url: str, study_name: str) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        storage_url: str,
+        study_name: str,
+        adopted_file: str | None = None,
+    ) -> None:
         super().__init__()
         self.space = space
+        # Trials a killed driver saw end after Ray's last save (sweep.adoption), read again
+        # on every restore: the saved state this searcher is restored from predates them.
+        self.adopted_file = adopted_file
         # (arm, density level) of each baseline trial still to suggest.
         self.pending_arms: list[tuple[str, float | None]] = space.baseline_trials()
         self.trial_arm: dict[str, str] = {}  # Ray trial id -> SEARCH_ARM or arm_label()
@@ -129,6 +146,7 @@ class SweepSearcher(Searcher):
             storage=self.storage,
             study_name=study_name,
         )
+        self.adopt_recorded()
 
     @property
     def study(self) -> optuna.Study:
@@ -360,6 +378,36 @@ class SweepSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
             self.__dict__.update(pickle.load(handle))
+        self.adopt_recorded()
+
+    def adopt_recorded(self) -> None:
+        """`adopt` each trial of the adopted-trials file this searcher does not know yet."""
+        path = getattr(self, "adopted_file", None)  # absent in an older sweep's pickle
+        if path is None or not Path(path).is_file():
+            return
+        for trial_id, entry in load_json(path).items():
+            if trial_id not in self.trial_arm:
+                self.adopt(trial_id, entry)
+
+    def adopt(self, trial_id: str, entry: dict[str, Any]) -> None:
+        """Take a trial that ended unknown to Ray's saved state as suggested and ended:
+        `entry` holds its `arm`, `level`, `optuna_trial` number and final `result`."""
+        arm, level = entry["arm"], entry["level"]
+        if arm == SEARCH_ARM:
+            number = int(entry["optuna_trial"])
+            frozen = self.study.get_trials(deepcopy=False)[number]
+            trial = optuna.Trial(self.study, storage_trial_id(frozen))
+            adopt_searcher_trial(self.optuna, trial_id, trial)
+            self.suggested += 1
+            self.trial_arm[trial_id] = SEARCH_ARM
+        else:
+            for pending in self.pending_arms:
+                if arm_label(*pending) == arm_label(arm, level):
+                    self.pending_arms.remove(pending)
+                    break
+            self.trial_arm[trial_id] = arm_label(arm, level)
+        self.trial_level[trial_id] = level
+        self.on_trial_complete(trial_id, entry["result"])
 
 
 def _level_key(level: float | None) -> str:

@@ -208,6 +208,11 @@ def searcher_trial(search: Any, ray_trial_id: str) -> optuna.Trial:
     return search._ot_trials[ray_trial_id]
 
 
+def adopt_searcher_trial(search: Any, ray_trial_id: str, trial: optuna.Trial) -> None:
+    """Make `trial` the one Ray's `OptunaSearch` asked for a Ray trial (`searcher_trial`)."""
+    search._ot_trials[ray_trial_id] = trial
+
+
 def storage_trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     """A trial's id in its Optuna storage (what the storage's methods take)."""
     return trial._trial_id

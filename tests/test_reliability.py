@@ -18,6 +18,7 @@ import pytest
 import torch
 from chaos import (
     EPOCHS,
+    SPACE,
     assert_clean,
     audit,
     child_runs,
@@ -438,3 +439,47 @@ def test_sweep_json_is_private(tmp_path: Path) -> None:
 
     save_json(tmp_path / "sweep.json", {"storage_url": "postgresql://u:pw@h/db"})
     assert os.stat(tmp_path / "sweep.json").st_mode & 0o077 == 0
+
+
+def test_a_trial_that_ended_after_rays_last_save_is_kept_on_resume(tmp_path: Path) -> None:
+    """A trial can start and end between two of Ray's saves of its experiment state: the
+    stores hear of its end at once, Ray's saved state never held it. Killed right then, the
+    driver left a finished MLflow run (and a told Optuna trial) that resume deleted as an
+    orphan, training its arm again under a new id (the flaky shipped-space audit, `lost`)."""
+    space = tmp_path / "space.yaml"
+    # One checkpoint per trial (its final one) forces no save; the period is long, so after
+    # the first save (the baseline, pending) the next trials are in no saved state.
+    space.write_text(SPACE.replace("TRIALS", "3").replace("report_every: 1", "report_every: 4"))
+    workdir, log = tmp_path / "w", tmp_path / "driver.log"
+    env = {**failpoint("orphan@1", tmp_path / "f"), "TUNE_GLOBAL_CHECKPOINT_S": "1000"}
+    driver = start_driver("run", "--space", space, "--workdir", workdir, "--name", "o",
+                          env=env, log=log)  # fmt: skip
+    try:
+        driver.wait(300)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    recorded = set(_ray_trials(workdir, "o"))
+    before = finished_trials(workdir, "o")
+    orphans = set(before) - recorded
+    assert len(orphans) == 1, (before, recorded)  # the searched trial that ended unrecorded
+    [orphan] = orphans
+    number = {
+        r.data.tags["ray.trial_id"]: r.data.tags["optuna.trial_number"]
+        for r in child_runs(workdir, "o")
+    }[orphan]
+    told = {t.number: t.state for t in optuna_trials(workdir, "o")}
+    assert told[int(number)] == optuna.trial.TrialState.COMPLETE  # told before the kill
+
+    resumed = run_cli("resume", "o", "--workdir", workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = audit(workdir, "o", before, expected=4)
+    assert_clean(report, runs=4)  # kept (not lost), not trained again, no second run
+    assert f"trial {orphan} ended after Ray's last save of the experiment" in resumed.stderr
+    # The searcher counted it against the budget: 3 searched trials in Optuna, not 4.
+    trials = optuna_trials(workdir, "o")
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    after = _ray_trials(workdir, "o")
+    assert orphan not in after and len(after) == 3  # adopted beside Ray's, not re-run by it
+    state = json.loads((workdir / "o" / "sweep.json").read_text())
+    assert state["status"] == "finished"
