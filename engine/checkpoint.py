@@ -78,9 +78,12 @@ def load_newest(paths: Sequence[str | Path]) -> tuple[dict[str, Any], Path, list
     raise CheckpointError("no usable checkpoint: " + "; ".join(problems or ["none given"]))
 
 
-def save_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` atomically (temporary file, fsync, rename)."""
-    _atomic_write(Path(path), lambda handle: handle.write(data))
+def save_bytes(
+    path: str | Path, data: bytes, before_rename: Callable[[], None] | None = None
+) -> None:
+    """Write `data` atomically (temporary file, fsync, rename); `before_rename` as in
+    `save_checkpoint` (e.g. a checkpoint already serialized with torch.save)."""
+    _atomic_write(Path(path), lambda handle: handle.write(data), before_rename)
 
 
 def save_json(path: str | Path, data: Any) -> None:

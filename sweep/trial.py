@@ -41,7 +41,7 @@ import torch
 from ray import tune
 
 from engine import faults
-from engine.checkpoint import load_json, load_newest, save_checkpoint, save_json
+from engine.checkpoint import load_json, load_newest, save_bytes, save_checkpoint, save_json
 from engine.data import load_suite
 from engine.test_time import TestTime, collected_modes, complete, pick, variant_name, variants
 from engine.train import Run, TrainingFailed, TrainResult
@@ -314,11 +314,12 @@ class _Reporter:
             if epoch % space.report_every == 0 and not group[0].done:
                 if self.evaluate_from is not None and epoch >= self.evaluate_from:
                     metrics.update(aggregate([run.evaluate() for run in group]))
+                # Serialized once: the state a retry starts from is the checkpoint's file.
                 self.last_state = _state_bytes(runs)
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(
+                    save_bytes(
                         Path(tmp) / STATE_FILE,
-                        {"runs": [r.state_dict() for r in runs]},
+                        self.last_state,
                         before_rename=lambda e=epoch: faults.fire("checkpoint", e),
                     )
                     report = {
