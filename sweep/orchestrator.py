@@ -18,8 +18,9 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -192,10 +193,13 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
         or (f"sqlite:///{workdir / 'optuna.db'}")
     )
     results = results_location(opts.results)
+    ray_start = 0.0
     if address:  # joining a cluster: a wrong address or no shared storage writes nothing
         init_ray(address)
         check_results_storage(results, address)
-    check_stores(tracking_uri, storage_url)
+        check_stores(tracking_uri, storage_url)
+    else:
+        ray_start = _while_ray_starts(check_stores, tracking_uri, storage_url)
     client = mlflow_client(tracking_uri)
     artifact_root = (
         (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
@@ -237,7 +241,37 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(yaml.safe_dump(state.space, sort_keys=False))
     save_json(folder / "sweep.json", state.model_dump())
-    return _run(state, folder, restore=False)
+    return {**_run(state, folder, restore=False), "ray_start_s": ray_start}
+
+
+def _while_ray_starts(check: Callable[..., None], *args: Any) -> float:
+    """`check(*args)` in a thread while Ray starts on this machine; the seconds Ray took.
+
+    Ray's start is mostly waiting on the processes it spawns; the stores' first use (MLflow's
+    and Optuna's schema set-up on SQLite, about 2 s) fits in it. Ray itself starts in the
+    main thread: started from another, its first task hung. If `check` fails, Ray is shut
+    down again before its error is raised.
+    """
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            check(*args)
+        except BaseException as exc:  # raised again in the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="moonsweep-stores", daemon=True)
+    thread.start()
+    started = time.perf_counter()
+    try:
+        init_ray(None)
+    finally:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        ray.shutdown()
+        raise errors[0]
+    return seconds
 
 
 def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]:
