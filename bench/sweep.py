@@ -13,7 +13,9 @@ wall times NEW / OLD and each one's final hypervolume over the same reference po
 nadir of both sweeps' finished, feasible trials that neither raced out nor failed, pushed
 out by `--reference-margin` times each objective's range; see `bench/_search.py`).
 `bench/spaces/default-before-14.yaml` is the default space as it was at the start of
-issue 14.
+issue 14; `--old-code COMMIT` runs OLD on the code of that commit (checked out in a
+temporary git worktree, in a process of its own), so the comparison is with the sweep as it
+was then, not with the old space on today's faster code.
 
 Trial time is Ray's `time_total_s` of each trial (its function running: data, training of
 every seed, evaluation, reports, checkpoints). Everything else (Ray scheduling, actor
@@ -23,6 +25,8 @@ Run (from the repository root):
     .venv/bin/python bench/sweep.py                         # the default sweep
     .venv/bin/python bench/sweep.py --trials 4 --epochs 10  # a quick look
     .venv/bin/python bench/sweep.py --compare bench/spaces/default-before-14.yaml default
+    .venv/bin/python bench/sweep.py --compare bench/spaces/default-before-14.yaml default \
+        --old-code ec1d59f                                  # issue 14's start, its code too
 """
 
 from __future__ import annotations
@@ -41,8 +45,11 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import ExitStack, contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
@@ -56,7 +63,7 @@ from bench._search import (  # noqa: E402
     sweep_records,
 )
 from engine.config import ConfigError  # noqa: E402
-from sweep.orchestrator import SweepOptions, init_ray, start_sweep  # noqa: E402
+from sweep.orchestrator import SweepOptions, start_sweep  # noqa: E402
 from sweep.spaces import SEARCH_ARM, load_space  # noqa: E402
 from sweep.stores import quiet_libraries  # noqa: E402
 
@@ -64,14 +71,27 @@ TARGET_OVERHEAD = 1.25
 TARGET_WALL_RATIO = 0.60  # issue 14: the new default sweep against the one at its start
 
 
-def run_one(space: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One sweep of `space` with a fresh Ray; its timings and its searched trials."""
-    workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-"))
-    name = f"bench{index}"
+# A sweep on the code of another commit (`--old-code`), in a process of its own: that
+# code's `sweep` and `engine` come first on its path (and its Ray workers', through
+# PYTHONPATH). Ray is started first and timed, as that code's bench did.
+OLD_CODE_RUNNER = """
+import json, sys, time
+from sweep.orchestrator import SweepOptions, init_ray, start_sweep
+space, name, workdir, trials, epochs, concurrent = sys.argv[1:7]
+number = lambda v: int(v) if v else None
+started = time.perf_counter()
+init_ray(None)
+ray_start = time.perf_counter() - started
+summary = start_sweep(SweepOptions(space=space, name=name, workdir=workdir,
+    trials=number(trials), epochs=number(epochs), max_concurrent=number(concurrent)))
+print(json.dumps({**summary, "wall_s": time.perf_counter() - started, "ray_start_s": ray_start}))
+"""
+
+
+def _sweep_here(space: str, name: str, workdir: Path, args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
     try:
-        started = time.perf_counter()
-        init_ray(None)
-        ray_start = time.perf_counter() - started
+        # Ray starts inside, as in `moonsweep run` (beside the stores' set-up).
         summary = start_sweep(
             SweepOptions(
                 space=space,
@@ -82,7 +102,46 @@ def run_one(space: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
                 max_concurrent=args.max_concurrent,
             )
         )
-        wall = time.perf_counter() - started
+    finally:
+        ray.shutdown()  # the next sweep starts its own Ray, as a user's next run would
+    return {**summary, "wall_s": time.perf_counter() - started}
+
+
+def _sweep_on(code: Path, space: str, name: str, workdir: Path, args: argparse.Namespace) -> dict:
+    """The sweep run by the code checked out at `code`."""
+    local = Path(space)
+    if local.suffix in (".yaml", ".yml") and local.exists():
+        space = str(local.resolve())  # the process runs in `code`
+    numbers = [str(v) if v is not None else "" for v in (args.trials, args.epochs)]
+    numbers.append(str(args.max_concurrent) if args.max_concurrent is not None else "")
+    env = dict(os.environ, PYTHONPATH=str(code))
+    done = subprocess.run(
+        [sys.executable, "-c", OLD_CODE_RUNNER, space, name, str(workdir), *numbers],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"sweep of {space} on {code} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_one(
+    space: str, index: int, args: argparse.Namespace, code: Path | None = None
+) -> dict[str, Any]:
+    """One sweep of `space` with a fresh Ray (on the code at `code`, else this code); its
+    timings and its searched trials."""
+    workdir = Path(tempfile.mkdtemp(prefix="moonsweep-bench-"))
+    name = f"bench{index}"
+    try:
+        if code is None:
+            summary = _sweep_here(space, name, workdir, args)
+        else:
+            summary = _sweep_on(code, space, name, workdir, args)
+        wall = float(summary["wall_s"])
+        ray_start = float(summary.get("ray_start_s", 0.0))
         if summary["status"] != "finished":
             raise RuntimeError(f"sweep of {space} did not finish: {summary}")
         folder = Path(summary["folder"])
@@ -95,7 +154,6 @@ def run_one(space: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
         ]
         records, epochs, seeds = sweep_records(name, workdir)
     finally:
-        ray.shutdown()  # the next sweep starts its own Ray, as a user's next run would
         shutil.rmtree(workdir, ignore_errors=True)
     ideal = sum(trial_times) / concurrency
     return {
@@ -130,7 +188,8 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, r in enumerate(runs):
         print(
-            f"| {i} | {r['space']} | {r['trials']} ({r['searched']}) | {r['failed']} "
+            f"| {i} | {r['space']}{'' if r['code'] == 'this' else ' @ ' + r['code']} "
+            f"| {r['trials']} ({r['searched']}) | {r['failed']} "
             f"| {r['raced_out']} | {r['early_stopped']} | {r['wall_s']:.1f} "
             f"| {r['ray_start_s']:.1f} | {r['sum_trial_s']:.1f} ({r['baseline_trial_s']:.1f} "
             f"+ {r['searched_trial_s']:.1f}) | {r['concurrency']} "
@@ -203,11 +262,37 @@ def compare(runs: list[dict[str, Any]], old: str, new: str, margin: float) -> di
     return figures
 
 
+@contextmanager
+def worktree(commit: str) -> Iterator[Path]:
+    """The repository's code at `commit`, checked out in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="moonsweep-old-code-"))
+    root = _HERE.parent
+    subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "--detach", str(folder), commit],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "remove", "--force", str(folder)],
+            check=False,
+            capture_output=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--space", default="default")
     parser.add_argument(
         "--compare", nargs=2, metavar=("OLD", "NEW"), default=None, help="two spaces, one run"
+    )
+    parser.add_argument(
+        "--old-code",
+        default=None,
+        metavar="COMMIT",
+        help="with --compare: run OLD on the code at this commit (a git worktree)",
     )
     parser.add_argument("--repeats", type=int, default=1, help="sweeps of each space")
     parser.add_argument("--trials", type=int, default=None)
@@ -223,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats: {args.repeats}; at least 1")
+    if args.old_code and (not args.compare or args.compare[0] == args.compare[1]):
+        parser.error("--old-code needs --compare OLD NEW with two different spaces")
     spaces = list(args.compare) if args.compare else [args.space]
     quiet_libraries()
     try:
@@ -236,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
         space for rep in range(args.repeats) for space in (spaces if rep % 2 == 0 else spaces[::-1])
     ]
     runs: list[dict[str, Any]] = []
-    for i, space in enumerate(order):
-        print(
-            f"[bench] sweep {i + 1}/{len(order)}: {space} "
-            f"({time.perf_counter() - started:.0f} s elapsed)",
-            file=sys.stderr,
-            flush=True,
-        )
-        runs.append(run_one(space, i, args))
+    with ExitStack() as stack:
+        code = stack.enter_context(worktree(args.old_code)) if args.old_code else None
+        for i, space in enumerate(order):
+            print(
+                f"[bench] sweep {i + 1}/{len(order)}: {space} "
+                f"({time.perf_counter() - started:.0f} s elapsed)",
+                file=sys.stderr,
+                flush=True,
+            )
+            old = args.compare is not None and space == args.compare[0]
+            run = run_one(space, i, args, code if old else None)
+            runs.append({**run, "code": args.old_code if old else "this"})
     print_runs(runs)
     figures: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.compare:
