@@ -64,6 +64,22 @@ def _ray_trials(workdir: Path, name: str) -> dict:
     return {t.trial_id: t for t in ExperimentAnalysis(str(ray_dir(workdir, name))).trials}
 
 
+def _run_until_the_failpoint_kills_it(
+    space: Path, workdir: Path, name: str, spec: str, tmp_path: Path
+) -> None:
+    """`moonsweep run` with the driver failpoint `spec`, Ray's experiment state saved only
+    when Ray forces it (a period of 1000 s), until the failpoint SIGKILLs the driver."""
+    log = tmp_path / "driver.log"
+    env = {**failpoint(spec, tmp_path / "f"), "TUNE_GLOBAL_CHECKPOINT_S": "1000"}
+    driver = start_driver("run", "--space", space, "--workdir", workdir, "--name", name,
+                          env=env, log=log)  # fmt: skip
+    try:
+        driver.wait(300)
+    finally:
+        stop_group(driver)
+    assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+
+
 def test_driver_sigkilled_three_times_then_resumed(tmp_path: Path) -> None:
     """Kill during the first trial, between trials and while a checkpoint is written."""
     chain = kill_resume_chain(tmp_path, trials=4)
@@ -101,18 +117,11 @@ def test_resume_after_ray_deleted_the_checkpoint_its_saved_state_names(tmp_path:
     failed that trial on resume ("does not exist on storage anymore"), though it had
     finished, and its MLflow run ended FAILED (the flaky SIGKILL chain test's 4 of 5)."""
     space = write_space(tmp_path / "space.yaml", trials=2)
-    workdir, log = tmp_path / "w", tmp_path / "driver.log"
+    workdir = tmp_path / "w"
     # The experiment state is then saved only when Ray forces it, after every second
     # checkpoint of a trial: after checkpoint_000001. Recording checkpoint_000003 (the
     # baseline's final one) deletes 000001, and the driver dies right there.
-    env = {**failpoint("die@3", tmp_path / "f"), "TUNE_GLOBAL_CHECKPOINT_S": "1000"}
-    driver = start_driver("run", "--space", space, "--workdir", workdir, "--name", "d",
-                          env=env, log=log)  # fmt: skip
-    try:
-        driver.wait(300)
-    finally:
-        stop_group(driver)
-    assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    _run_until_the_failpoint_kills_it(space, workdir, "d", "die@3", tmp_path)
     [trial] = _ray_trials(workdir, "d").values()
     recorded = Path(trial.checkpoint.path)
     assert trial.status != "TERMINATED" and recorded.name == "checkpoint_000001"
@@ -450,15 +459,8 @@ def test_a_trial_that_ended_after_rays_last_save_is_kept_on_resume(tmp_path: Pat
     # One checkpoint per trial (its final one) forces no save; the period is long, so after
     # the first save (the baseline, pending) the next trials are in no saved state.
     space.write_text(SPACE.replace("TRIALS", "3").replace("report_every: 1", "report_every: 4"))
-    workdir, log = tmp_path / "w", tmp_path / "driver.log"
-    env = {**failpoint("orphan@1", tmp_path / "f"), "TUNE_GLOBAL_CHECKPOINT_S": "1000"}
-    driver = start_driver("run", "--space", space, "--workdir", workdir, "--name", "o",
-                          env=env, log=log)  # fmt: skip
-    try:
-        driver.wait(300)
-    finally:
-        stop_group(driver)
-    assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    workdir = tmp_path / "w"
+    _run_until_the_failpoint_kills_it(space, workdir, "o", "orphan@1", tmp_path)
     recorded = set(_ray_trials(workdir, "o"))
     before = finished_trials(workdir, "o")
     orphans = set(before) - recorded
