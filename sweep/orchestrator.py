@@ -407,11 +407,12 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         MlflowTracking(
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
         ).send_spooled()
-        recorded = {t.trial_id for t in _experiment_trials(ray_dir)}
-        for line in adopt_unrecorded(state, space, folder, recorded):
+    saved = _experiment_trials(ray_dir) if restore else []  # read once for both below
+    if restore:
+        for line in adopt_unrecorded(state, space, folder, {t.trial_id for t in saved}):
             print(line, file=sys.stderr)
     if restore and tune.Tuner.can_restore(ray_dir):
-        for line in restore_missing_checkpoints(_experiment_trials(ray_dir)):
+        for line in restore_missing_checkpoints(saved):
             print(line, file=sys.stderr)
         tuner = tune.Tuner.restore(
             ray_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
