@@ -25,11 +25,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or not one of ours."""
 
 
+_PARTIAL = ".tmp"  # the suffix of a write not yet renamed into place
+
+
 def _atomic_write(path: Path, write: Any, before_rename: Callable[[], None] | None = None) -> None:
     # Write beside the target, then rename: a crash leaves the old file or the new, never half.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PARTIAL)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -41,6 +44,25 @@ def _atomic_write(path: Path, write: Any, before_rename: Callable[[], None] | No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes into `folder` left when their process was
+    killed (SIGKILL runs no clean-up) before the rename; the targets are untouched.
+
+    Call it only when no process writes there any more, e.g. as a killed driver's sweep
+    resumes:
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / ".sweep.json.x1y2.tmp").write_text("{")
+        >>> [p.name for p in remove_partial_writes(folder)]
+        ['.sweep.json.x1y2.tmp']
+    """
+    removed = sorted(Path(folder).glob(f".*{_PARTIAL}"))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def save_checkpoint(

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from ray import tune
 
 from engine import faults
-from engine.checkpoint import save_json
+from engine.checkpoint import remove_partial_writes, save_json
 from engine.config import ConfigError, config_error
 from engine.data import load_suite
 from sweep.adoption import adopt_unrecorded, adopted
@@ -404,6 +404,8 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     save_json(folder / "sweep.json", state.model_dump())
     spool = folder / SPOOL_DIR
     if restore:  # what a killed driver (or a tracking outage) left unsent, first
+        for partial in (folder, spool):  # its writes cut short by the kill, before the rename
+            remove_partial_writes(partial)
         MlflowTracking(
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
         ).send_spooled()

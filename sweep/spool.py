@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import faults
 from engine.checkpoint import save_bytes
 
 
@@ -44,9 +45,10 @@ class Spool:
 
     def put(self, op: str, args: tuple) -> Path:
         """Record one write (the method's name and its arguments) before it is tried."""
-        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._counter):08d}.pkl"
+        n = next(self._counter)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{n:08d}.pkl"
         path = self.folder / name
-        save_bytes(path, pickle.dumps((op, args)))
+        save_bytes(path, pickle.dumps((op, args)), lambda: faults.fire("spool", n + 1))
         return path
 
     def pending(self) -> list[tuple[Path, str, tuple]]:

@@ -237,6 +237,11 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
         # Every searched MLflow run is a COMPLETE Optuna trial and the other way round.
         "optuna_mismatch": len(numbers ^ complete),
         "spooled": len(list((Path(workdir) / name / "spool").glob("*.pkl"))),
+        # Writes a kill cut short before their rename, left behind (the folder and spool).
+        "partial_writes": sum(
+            len(list(folder.glob(".*.tmp")))
+            for folder in (Path(workdir) / name, Path(workdir) / name / "spool")
+        ),
         # Not a count: what assert_clean shows when a count is wrong.
         "children": describe_runs(workdir, name),
     }
@@ -294,7 +299,7 @@ def counts(report: dict) -> dict:
 def assert_clean(report: dict, runs: int) -> None:
     """An `audit` of a sweep resumed to its end with nothing wrong: finished, `runs` MLflow
     child runs all FINISHED, none lost, run twice or duplicated, no stale Optuna trial, the
-    Optuna and MLflow records agreeing, nothing left in the spool."""
+    Optuna and MLflow records agreeing, nothing left in the spool, no partial write left."""
     clean = {
         "status": "finished",
         "runs": runs,
@@ -305,6 +310,7 @@ def assert_clean(report: dict, runs: int) -> None:
         "stale_optuna": 0,
         "optuna_mismatch": 0,
         "spooled": 0,
+        "partial_writes": 0,
     }
     wrong = {
         k: f"{report.get(k)!r}, expected {v!r}" for k, v in clean.items() if report.get(k) != v

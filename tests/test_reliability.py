@@ -150,6 +150,25 @@ def test_resume_after_ray_deleted_the_checkpoint_its_saved_state_names(tmp_path:
     assert [t.state for t in complete] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
+def test_a_driver_killed_while_it_spools_a_tracking_write_resumes_clean(tmp_path: Path) -> None:
+    """SIGKILL between a spool file's write and its rename leaves a temporary file (the
+    clean-clone CI's flaky `*.tmp` in the three-kill chain). The write it held was never
+    sent; resume removes the file and the stores still end complete."""
+    space = write_space(tmp_path / "space.yaml", trials=2)
+    workdir = tmp_path / "w"
+    _run_until_the_failpoint_kills_it(space, workdir, "t", "torn@12", tmp_path)
+    [partial] = (workdir / "t" / "spool").glob(".*.pkl.*.tmp")
+    before = finished_trials(workdir, "t")
+
+    resumed = run_cli("resume", "t", "--workdir", workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not partial.exists()
+    assert_clean(audit(workdir, "t", before, expected=3), runs=3)
+    client = MlflowClient(json.loads((workdir / "t" / "sweep.json").read_text())["tracking_uri"])
+    for run in child_runs(workdir, "t"):
+        assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
+
+
 def test_a_resumed_trial_reports_every_epoch_so_far(small) -> None:
     # Its first report after a restore carries them all, so MLflow (which logs each epoch
     # once) also gets an epoch whose report a killed driver never processed.
