@@ -413,6 +413,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     if restore:
         for line in adopt_unrecorded(state, space, folder, {t.trial_id for t in saved}):
             print(line, file=sys.stderr)
+    adopted_file = str(folder.resolve() / ADOPTED_FILE)  # the searcher's and the live line's
     if restore and tune.Tuner.can_restore(ray_dir):
         for line in restore_missing_checkpoints(saved):
             print(line, file=sys.stderr)
@@ -425,9 +426,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=SweepSearcher(
-                    space, state.storage_url, state.name, str(folder.resolve() / ADOPTED_FILE)
-                ),
+                search_alg=SweepSearcher(space, state.storage_url, state.name, adopted_file),
                 scheduler=make_scheduler(space),
                 num_samples=total,
                 max_concurrent_trials=space.budget.max_concurrent,
@@ -443,7 +442,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                     MlflowTracking(
                         state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
                     ),
-                    LiveView(total, first.metric, first.mode),
+                    LiveView(total, first.metric, first.mode, adopted_file=adopted_file),
                     DriverFailpoints(ray_dir),
                 ],
                 failure_config=tune.FailureConfig(max_failures=2),

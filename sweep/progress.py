@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from engine.checkpoint import load_json
 from sweep.failures import COLLAPSED, failure_of
 from sweep.spaces import SEARCH_ARM
 
@@ -27,7 +29,15 @@ def trial_outcome(trial: Any, ended: bool = False, errored: bool = False) -> str
         return "failed"
     if not ended and trial.status != "TERMINATED":
         return "running" if trial.status == "RUNNING" else "pending"
-    result = trial.last_result or {}
+    return result_outcome(trial.last_result or {})
+
+
+def result_outcome(result: dict[str, Any]) -> str:
+    """The outcome of a trial that ended with this last result (`trial_outcome`'s words).
+
+    >>> result_outcome({"final": 1, "val_accuracy": 0.9}), result_outcome({"epoch": 3})
+    ('done', 'stopped')
+    """
     if "fail_reason" in result:
         return "failed"
     if result.get("raced_out"):
@@ -48,44 +58,70 @@ class LiveView(tune.Callback):
     the trials still running, not a pass over every result of a sweep of thousands.
     """
 
-    def __init__(self, total: int, objective: str, mode: str, stream: Any = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        objective: str,
+        mode: str,
+        stream: Any = None,
+        adopted_file: str | None = None,
+    ) -> None:
         self.total = total
         self.objective = objective
         self.mode = mode
         self.stream = stream
+        # Trials a resume adopted (sweep.adoption): ended, but not in Ray's trial list.
+        self.adopted_file = adopted_file
+        self._adopted_read = False
         self._last = 0.0
         self.outcomes: dict[str, str] = {}  # trial id -> its outcome once it has ended
         self.counts = dict.fromkeys(ENDED, 0)
         self.best: tuple[float, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "stream": None}
+        # A restored driver reads the adopted-trials file again: a resume may have added some.
+        return {**self.__dict__, "stream": None, "_adopted_read": False}
 
     @property
     def out(self) -> Any:
         return self.stream or sys.stderr
 
-    def _record(self, trial: Any, outcome: str) -> None:
-        previous = self.outcomes.get(trial.trial_id)
+    def _record(self, trial_id: str, outcome: str, arm: Any, result: dict[str, Any]) -> None:
+        previous = self.outcomes.get(trial_id)
         if previous is not None:  # a resumed trial that ended again
             self.counts[previous] -= 1
-        self.outcomes[trial.trial_id] = outcome
+        self.outcomes[trial_id] = outcome
         self.counts[outcome] += 1
-        value = (trial.last_result or {}).get(self.objective)
-        if outcome == "done" and trial.config.get("arm") == SEARCH_ARM and value is not None:
+        value = result.get(self.objective)
+        if outcome == "done" and arm == SEARCH_ARM and value is not None:
             best = self.best
             if best is None or (value > best[0] if self.mode == "max" else value < best[0]):
-                self.best = (float(value), trial.trial_id)
+                self.best = (float(value), trial_id)
+
+    def _record_trial(self, trial: Any, outcome: str) -> None:
+        self._record(trial.trial_id, outcome, trial.config.get("arm"), trial.last_result or {})
+
+    def _record_adopted(self) -> None:
+        self._adopted_read = True
+        path = getattr(self, "adopted_file", None)  # absent in an older sweep's pickle
+        if path is None or not Path(path).is_file():
+            return
+        for trial_id, entry in load_json(path).items():
+            if trial_id not in self.outcomes:
+                result = entry["result"]
+                self._record(trial_id, result_outcome(result), entry["arm"], result)
 
     def line(self, trials: list, ended: Any = None, errored: bool = False) -> str:
+        if not getattr(self, "_adopted_read", False):
+            self._record_adopted()
         running = 0
         for trial in trials:
             if trial is ended:
-                self._record(trial, trial_outcome(trial, ended=True, errored=errored))
+                self._record_trial(trial, trial_outcome(trial, ended=True, errored=errored))
             elif trial.status == "RUNNING":
                 running += 1
             elif trial.trial_id not in self.outcomes and trial.status in ("TERMINATED", "ERROR"):
-                self._record(trial, trial_outcome(trial))  # ended before a resume
+                self._record_trial(trial, trial_outcome(trial))  # ended before a resume
         counts = self.counts
         text = (
             f"[moonsweep] {sum(counts.values())}/{self.total} trials: {counts['done']} done, "

@@ -497,6 +497,8 @@ def test_a_trial_that_ended_after_rays_last_save_is_kept_on_resume(tmp_path: Pat
     report = audit(workdir, "o", before, expected=4)
     assert_clean(report, runs=4)  # kept (not lost), not trained again, no second run
     assert f"trial {orphan} ended after Ray's last save of the experiment" in resumed.stderr
+    # The live line counts it with Ray's trials: 4 of 4 ended, not 3.
+    assert re.findall(r"\[moonsweep\] (\d+)/4 trials", resumed.stderr)[-1] == "4"
     # The searcher counted it against the budget: 3 searched trials in Optuna, not 4.
     trials = optuna_trials(workdir, "o")
     assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
