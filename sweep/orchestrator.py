@@ -44,6 +44,7 @@ from sweep.cluster import (
     results_location,
     unreachable_address,
 )
+from sweep.driver_lock import driver_lock
 from sweep.levels import compare_levels, log_levels
 from sweep.marks import mark_experiment, mark_findings
 from sweep.naming import ADOPTED_FILE, EXPERIMENT_TAGS
@@ -238,10 +239,10 @@ def start_sweep(opts: SweepOptions) -> dict[str, Any]:
     )
     for line in state.adjusted:
         print(line, file=sys.stderr)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "space.yaml").write_text(yaml.safe_dump(state.space, sort_keys=False))
-    save_json(folder / "sweep.json", state.model_dump())
-    return {**_run(state, folder, restore=False), "ray_start_s": ray_start}
+    with driver_lock(folder, name):
+        (folder / "space.yaml").write_text(yaml.safe_dump(state.space, sort_keys=False))
+        save_json(folder / "sweep.json", state.model_dump())
+        return {**_run(state, folder, restore=False), "ray_start_s": ray_start}
 
 
 def _while_ray_starts(check: Callable[..., None], *args: Any) -> float:
@@ -279,16 +280,18 @@ def resume_sweep(name: str, workdir: str | Path | None = None) -> dict[str, Any]
     environment_defaults()
     quiet_libraries()
     state, folder = load_state(name, workdir)
-    if state.status == "finished":  # every trial ran and was reconciled: nothing to start
-        return {
-            "name": state.name,
-            "status": "finished",
-            "folder": str(folder),
-            "already_finished": True,
-        }
-    check_stores(state.tracking_uri, state.storage_url)
-    mark_experiment(state)  # a sweep started before the UI's kind tag opens on its runs too
-    return _run(state, folder, restore=True)
+    with driver_lock(folder, state.name):  # a driver still running it: exit 2, touch nothing
+        state, folder = load_state(name, workdir)  # as the last driver left it
+        if state.status == "finished":  # every trial ran and was reconciled: nothing to start
+            return {
+                "name": state.name,
+                "status": "finished",
+                "folder": str(folder),
+                "already_finished": True,
+            }
+        check_stores(state.tracking_uri, state.storage_url)
+        mark_experiment(state)  # a sweep started before the UI's kind tag opens on its runs
+        return _run(state, folder, restore=True)
 
 
 def _space_of(state: SweepState, folder: Path) -> SearchSpace:

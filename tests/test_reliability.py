@@ -169,6 +169,36 @@ def test_a_driver_killed_while_it_spools_a_tracking_write_resumes_clean(tmp_path
         assert _steps(client, run.info.run_id) == list(range(1, EPOCHS + 1))
 
 
+def test_resume_while_the_driver_still_runs_is_refused_then_works_after_a_kill(
+    tmp_path: Path,
+) -> None:
+    """A second driver on the same sweep would restore Ray's experiment beside the first
+    (trials twice, one reconcile deleting the other's runs): refused, exit 2, one line,
+    nothing touched. SIGKILL releases the lock: the resume after it goes ahead."""
+    space = write_space(tmp_path / "space.yaml", trials=2)
+    workdir = tmp_path / "w"
+    paused = tmp_path / "f"
+    env, log = failpoint("stall@2", paused), tmp_path / "driver.log"
+    driver = start_driver("run", "--space", space, "--workdir", workdir, "--name", "b",
+                          env=env, log=log)  # fmt: skip
+    try:
+        wait_until(lambda: (paused / "paused").exists(), 300, "the first trial's stall")
+        state = (workdir / "b" / "sweep.json").read_bytes()
+        second = run_cli("resume", "b", "--workdir", workdir)
+        assert second.returncode == 2, second.stderr[-3000:]
+        [line] = second.stderr.strip().splitlines()
+        assert line.startswith("error: sweep b is being run by another driver (pid ")
+        assert f"pid {driver.pid} on " in line and "moonsweep resume b" in line
+        assert (workdir / "b" / "sweep.json").read_bytes() == state  # untouched
+        assert driver.poll() is None  # the first driver runs on
+        before = finished_trials(workdir, "b")
+    finally:
+        stop_group(driver)
+    resumed = run_cli("resume", "b", "--workdir", workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_clean(audit(workdir, "b", before, expected=3), runs=3)
+
+
 def test_a_resumed_trial_reports_every_epoch_so_far(small) -> None:
     # Its first report after a restore carries them all, so MLflow (which logs each epoch
     # once) also gets an epoch whose report a killed driver never processed.
