@@ -406,14 +406,14 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     state.status = "running"
     save_json(folder / "sweep.json", state.model_dump())
     spool = folder / SPOOL_DIR
+    saved: list[Any] = []  # Ray's saved trials: for the adoption and the checkpoint repair
     if restore:  # what a killed driver (or a tracking outage) left unsent, first
         for partial in (folder, spool):  # its writes cut short by the kill, before the rename
             remove_partial_writes(partial)
         MlflowTracking(
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
         ).send_spooled()
-    saved = _experiment_trials(ray_dir) if restore else []  # read once for both below
-    if restore:
+        saved = _experiment_trials(ray_dir)
         for line in adopt_unrecorded(state, space, folder, {t.trial_id for t in saved}):
             print(line, file=sys.stderr)
     adopted_file = str(folder.resolve() / ADOPTED_FILE)  # the searcher's and the live line's
