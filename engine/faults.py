@@ -18,6 +18,10 @@ machine without a GPU, a driver killed while a checkpoint file is being written)
     MOONSWEEP_FAILPOINT=orphan@1       the driver SIGKILLs itself when the first trial ends that
                                        Ray's experiment state saved on storage does not hold
                                        (it started and ended between two saves)
+    MOONSWEEP_FAILPOINT=unhandled@1    the driver SIGKILLs itself when the first final result
+                                       reaches it of a trial Ray's saved state does not hold,
+                                       before any callback has seen it (the worker wrote its
+                                       final checkpoint; MLflow's run is still RUNNING)
     MOONSWEEP_FAILPOINT=torn@5         the driver SIGKILLs itself while it writes its 5th tracking
                                        write to the spool (sweep.spool), before the rename
     MOONSWEEP_FAILPOINT_TIMES=1        fire at most this many times in all processes
@@ -51,6 +55,7 @@ SITES = {
     "die": "save",
     "orphan": "unrecorded",
     "torn": "spool",
+    "unhandled": "result",
 }
 
 
@@ -87,7 +92,7 @@ def fire(site: str, epoch: int) -> None:
         raise RuntimeError(f"simulated failure after epoch {epoch}")
     if kind == "crash":
         raise RuntimeError("simulated internal error (MOONSWEEP_FAILPOINT=crash@0)")
-    if kind in ("die", "orphan", "torn"):  # as a crash would: no handler, atexit or flush
+    if kind in ("die", "orphan", "torn", "unhandled"):  # as a crash: no handler, atexit, flush
         os.kill(os.getpid(), signal.SIGKILL)
     if kind in ("stall", "pause"):
         folder = Path(os.environ.get("MOONSWEEP_FAILPOINT_DIR", "."))

@@ -355,6 +355,24 @@ class DriverFailpoints(tune.Callback):
             faults.fire("unrecorded", self.unrecorded)
 
 
+class UnhandledEndFailpoint(tune.Callback):
+    """Test-only: the driver dies when a trial's final result reaches it, before any other
+    callback (the stores) has heard of it, for a trial Ray's saved state does not hold: the
+    worker has written its final checkpoint, MLflow's run is still RUNNING."""
+
+    def __init__(self, ray_dir: str) -> None:
+        self.ray_dir = ray_dir
+        self.unhandled = 0
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if faults.names("result") and result.get("final") == 1:
+            if not _saved_holds(self.ray_dir, trial.trial_id):
+                self.unhandled += 1
+                faults.fire("result", self.unhandled)
+
+
 def _saved_holds(ray_dir: str, trial_id: str) -> bool:
     """Whether Ray's experiment state saved in a local `ray_dir` names the trial."""
     return any(trial_id in p.read_text() for p in Path(ray_dir).glob("experiment_state*.json"))
@@ -410,11 +428,13 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
     if restore:  # what a killed driver (or a tracking outage) left unsent, first
         for partial in (folder, spool):  # its writes cut short by the kill, before the rename
             remove_partial_writes(partial)
-        MlflowTracking(
+        tracking = MlflowTracking(
             state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
-        ).send_spooled()
+        )
+        tracking.send_spooled()
         saved = _experiment_trials(ray_dir)
-        for line in adopt_unrecorded(state, space, folder, {t.trial_id for t in saved}):
+        recorded = {t.trial_id for t in saved}
+        for line in adopt_unrecorded(state, space, folder, recorded, tracking, ray_dir):
             print(line, file=sys.stderr)
     adopted_file = str(folder.resolve() / ADOPTED_FILE)  # the searcher's and the live line's
     if restore and tune.Tuner.can_restore(ray_dir):
@@ -442,6 +462,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
                 storage_path=storage_path,
                 verbose=0,
                 callbacks=[
+                    UnhandledEndFailpoint(ray_dir),  # first: before any callback hears
                     MlflowTracking(
                         state.tracking_uri, state.experiment_id, state.parent_run_id, space, spool
                     ),

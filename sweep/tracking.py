@@ -213,6 +213,16 @@ class MlflowTracking(tune.Callback):
         self._write(self._flush, (0.0,))
         return len(entries)
 
+    def record_end(
+        self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint: Any
+    ) -> bool:
+        """Write a trial's end now, as `on_trial_complete` would have; whether the store took
+        it. For a trial whose end a killed driver never handled (sweep.adoption): its run is
+        found by tag, its epochs since the last logged one and its final figures and files
+        are written, and it ends as the trial did."""
+        self.restored = True
+        return self._write(self._complete, (trial_id, config, result, checkpoint))
+
     # -- Ray Tune callbacks (driver thread): snapshot and queue --------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._submit(self._run_for, trial.trial_id, dict(trial.config))

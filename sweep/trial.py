@@ -41,11 +41,19 @@ import torch
 from ray import tune
 
 from engine import faults
-from engine.checkpoint import load_json, load_newest, save_bytes, save_checkpoint, save_json
+from engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_json,
+    load_newest,
+    save_bytes,
+    save_checkpoint,
+    save_json,
+)
 from engine.data import load_suite
 from engine.test_time import TestTime, collected_modes, complete, pick, variant_name, variants
 from engine.train import Run, TrainingFailed, TrainResult
-from sweep.cluster import node_placement
+from sweep.cluster import is_uri, node_placement
 from sweep.failures import chance_accuracy, collapse, failure_kind
 from sweep.naming import FINAL_DIR
 from sweep.racing import raced_by
@@ -127,6 +135,45 @@ def restore_missing_checkpoints(trials: list[Any]) -> list[str]:
             if not _exists(fs, kept.checkpoint.path):
                 fs.create_dir(kept.checkpoint.path)
     return notes
+
+
+def final_checkpoint(ray_dir: str, arm: str, trial_id: str) -> tune.Checkpoint | None:
+    """A trial's newest checkpoint on storage if it holds the trial's final results (what
+    `run_trial` writes after its last seed), or None.
+
+    For a trial Ray's saved state does not name (sweep.adoption): its folder is the one the
+    orchestrator's `trial_dirname_creator` names, `<arm>-<trial id>`.
+    """
+    fs, root = pyarrow.fs.FileSystem.from_uri(
+        ray_dir if is_uri(ray_dir) else str(Path(ray_dir).resolve())
+    )
+    trial_dir = posixpath.join(root, f"{arm}-{trial_id}")
+    selector = pyarrow.fs.FileSelector(trial_dir, allow_not_found=True)
+    folders = sorted(
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.type == pyarrow.fs.FileType.Directory and CHECKPOINT_NAME.fullmatch(info.base_name)
+    )
+    if not folders or not _exists(fs, posixpath.join(folders[-1], FINAL_DIR, "metrics.json")):
+        return None
+    return tune.Checkpoint(folders[-1], filesystem=fs)
+
+
+def final_results(directory: Path) -> dict[str, Any] | None:
+    """The final figures in a checkpoint's folder, if every file `run_trial` writes with
+    them is there and reads back (a worker killed while Ray copied the checkpoint to
+    storage leaves some missing or cut short), else None."""
+    folder = directory / FINAL_DIR
+    try:
+        final = load_json(folder / "metrics.json")
+        for seed in json.loads(final["seed_values"]):  # the seeds it trained (raced: fewer)
+            load_json(folder / f"metrics-seed{seed}.json")
+            load_checkpoint(folder / f"model-seed{seed}.pt")
+        if "test_time_pick" in final:
+            load_json(folder / "variants.json")
+    except (OSError, ValueError, KeyError, CheckpointError):
+        return None
+    return final
 
 
 def epochs_so_far(runs: list[Run]) -> list[dict[str, float]]:

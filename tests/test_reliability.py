@@ -41,6 +41,7 @@ from services import free_port, mlflow_server, ray_cluster
 
 from engine.checkpoint import CheckpointError, load_checkpoint, load_newest, save_checkpoint
 from engine.train import Run
+from sweep.naming import mlflow_metric
 from sweep.spaces import load_space
 from sweep.stats import aggregate
 from sweep.stores import ensure_experiment, mask_url, mlflow_client
@@ -536,3 +537,48 @@ def test_a_trial_that_ended_after_rays_last_save_is_kept_on_resume(tmp_path: Pat
     assert orphan not in after and len(after) == 3  # adopted beside Ray's, not re-run by it
     state = json.loads((workdir / "o" / "sweep.json").read_text())
     assert state["status"] == "finished"
+
+
+def test_a_trial_whose_end_the_killed_driver_never_handled_is_recorded_from_storage(
+    tmp_path: Path,
+) -> None:
+    """A trial's worker wrote its final checkpoint, and the driver died before it handled
+    that end: MLflow's run is RUNNING, Optuna's trial too, Ray's saved state lacks the
+    trial. Resume used to delete the run and train the arm again under a new id (the
+    flaky shipped-space audit, `lost: 1`); it records the end from the checkpoint now."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("TRIALS", "3").replace("report_every: 1", "report_every: 4"))
+    workdir = tmp_path / "w"
+    _run_until_the_failpoint_kills_it(space, workdir, "u", "unhandled@1", tmp_path)
+    recorded = set(_ray_trials(workdir, "u"))
+    before = finished_trials(workdir, "u")
+    unhandled = set(before) - recorded
+    assert len(unhandled) == 1, (before, recorded)
+    [trial_id] = unhandled
+    runs = {r.data.tags["ray.trial_id"]: r for r in child_runs(workdir, "u")}
+    assert runs[trial_id].info.status == "RUNNING"  # the stores had not heard of its end
+    run_id = runs[trial_id].info.run_id
+    number = int(runs[trial_id].data.tags["optuna.trial_number"])
+    told = {t.number: t.state for t in optuna_trials(workdir, "u")}
+    assert told[number] == optuna.trial.TrialState.RUNNING
+    final_dir = trial_checkpoints(workdir, "u")[trial_id][-1] / "final"
+    written = json.loads((final_dir / "metrics.json").read_text())
+
+    resumed = run_cli("resume", "u", "--workdir", workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_clean(audit(workdir, "u", before, expected=4), runs=4)  # not lost, not retrained
+    assert f"trial {trial_id} had finished when the driver died" in resumed.stderr
+    assert re.findall(r"\[moonsweep\] (\d+)/4 trials", resumed.stderr)[-1] == "4"
+    client = MlflowClient(json.loads((workdir / "u" / "sweep.json").read_text())["tracking_uri"])
+    run = client.get_run(run_id)  # the same run, ended as the trial did
+    assert run.info.status == "FINISHED"
+    assert _steps(client, run_id) == list(range(1, EPOCHS + 1))  # every epoch, once
+    first = load_space(space).objectives[0].metric
+    assert run.data.metrics[mlflow_metric(first)] == pytest.approx(written[first])
+    files = {Path(a.path).name for a in client.list_artifacts(run_id, "final")}
+    assert {"metrics.json", "metrics-seed0.json", "model-seed0.pt"} <= files
+    trials = {t.number: t for t in optuna_trials(workdir, "u")}
+    assert len(trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values())
+    assert trials[number].values[0] == pytest.approx(written[first])  # told to Optuna
+    assert trial_id not in _ray_trials(workdir, "u")
