@@ -32,8 +32,8 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from engine.checkpoint import load_json, save_json
-from sweep.naming import ADOPTED_FILE, FINAL_DIR
+from engine.checkpoint import save_json
+from sweep.naming import ADOPTED_FILE, FINAL_DIR, read_adopted
 from sweep.spaces import SearchSpace
 from sweep.state import SweepState, child_runs, load_run_json
 from sweep.stores import mlflow_client
@@ -41,12 +41,6 @@ from sweep.tracking import MlflowTracking
 from sweep.trial import final_checkpoint, final_results, reported
 
 ENDED = ("FINISHED", "FAILED", "KILLED")
-
-
-def adopted(folder: Path) -> dict[str, dict[str, Any]]:
-    """The trials adopted so far (Ray trial id -> its arm, level, Optuna number, result)."""
-    path = folder / ADOPTED_FILE
-    return load_json(path) if path.is_file() else {}
 
 
 def adopt_unrecorded(
@@ -64,7 +58,7 @@ def adopt_unrecorded(
     experiment folder), after the spool a killed driver left has been sent.
     """
     client = mlflow_client(state.tracking_uri)
-    known = adopted(folder)
+    known = read_adopted(folder / ADOPTED_FILE)
     lines = []
     for run in child_runs(client, state):
         trial_id = run.data.tags.get("ray.trial_id")

@@ -37,7 +37,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+from engine.checkpoint import load_json
 from engine.config import TrainConfig
 from engine.metrics import OOD_METRICS
 from engine.scores import scores
@@ -184,3 +187,11 @@ def kept_voting(pick: str) -> str:
 def flag(value: bool) -> str:
     """A yes/no tag's value, as the UI's filter takes it: `tags.moonsweep.front = 'true'`."""
     return "true" if value else "false"
+
+
+def read_adopted(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """The trials a resume adopted (`ADOPTED_FILE`, written by sweep.adoption): Ray trial id
+    -> its `arm`, `level`, `optuna_trial` number and final `result`; {} if none was."""
+    if path is None or not Path(path).is_file():
+        return {}
+    return load_json(path)

@@ -35,7 +35,7 @@ from engine import faults
 from engine.checkpoint import remove_partial_writes, save_json
 from engine.config import ConfigError, config_error
 from engine.data import load_suite
-from sweep.adoption import adopt_unrecorded, adopted
+from sweep.adoption import adopt_unrecorded
 from sweep.cluster import (
     check_results_storage,
     experiment_path,
@@ -47,7 +47,7 @@ from sweep.cluster import (
 from sweep.driver_lock import driver_lock
 from sweep.levels import compare_levels, log_levels
 from sweep.marks import mark_experiment, mark_findings
-from sweep.naming import ADOPTED_FILE, EXPERIMENT_TAGS
+from sweep.naming import ADOPTED_FILE, EXPERIMENT_TAGS, read_adopted
 from sweep.progress import LiveView
 from sweep.search import SweepSearcher, make_scheduler
 from sweep.spaces import SearchSpace, load_space, with_epochs, with_settings
@@ -482,7 +482,7 @@ def _run(state: SweepState, folder: Path, restore: bool) -> dict[str, Any]:
         save_json(folder / "sweep.json", state.model_dump())
         raise
     trials = _experiment_trials(ray_dir)
-    trial_ids = {t.trial_id for t in trials} | set(adopted(folder))
+    trial_ids = {t.trial_id for t in trials} | set(read_adopted(folder / ADOPTED_FILE))
     expected = space.budget.trials + len(space.baseline_trials())
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
     # Writes the tracking store never confirmed (it was down at the end) wait for `resume`.

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from engine.checkpoint import load_json
 from sweep.failures import COLLAPSED, failure_of
+from sweep.naming import read_adopted
 from sweep.spaces import SEARCH_ARM
 
 
@@ -103,10 +102,8 @@ class LiveView(tune.Callback):
 
     def _record_adopted(self) -> None:
         self._adopted_read = True
-        path = getattr(self, "adopted_file", None)  # absent in an older sweep's pickle
-        if path is None or not Path(path).is_file():
-            return
-        for trial_id, entry in load_json(path).items():
+        # `adopted_file` is absent in an older sweep's pickle.
+        for trial_id, entry in read_adopted(getattr(self, "adopted_file", None)).items():
             if trial_id not in self.outcomes:
                 result = entry["result"]
                 self._record(trial_id, result_outcome(result), entry["arm"], result)

@@ -20,7 +20,6 @@ import json
 import math
 import pickle
 import threading
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -29,7 +28,6 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from engine.checkpoint import load_json
 from engine.config import ConfigError
 from engine.sparse_methods import DENSE
 from sweep.failures import (
@@ -41,6 +39,7 @@ from sweep.failures import (
     reason_of,
     stand_in,
 )
+from sweep.naming import read_adopted
 from sweep.racing import join_front, mean_figures
 from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
 from sweep.stats import number
@@ -382,10 +381,8 @@ class SweepSearcher(Searcher):
 
     def adopt_recorded(self) -> None:
         """`adopt` each trial of the adopted-trials file this searcher does not know yet."""
-        path = getattr(self, "adopted_file", None)  # absent in an older sweep's pickle
-        if path is None or not Path(path).is_file():
-            return
-        for trial_id, entry in load_json(path).items():
+        # `adopted_file` is absent in an older sweep's pickle.
+        for trial_id, entry in read_adopted(getattr(self, "adopted_file", None)).items():
             if trial_id not in self.trial_arm:
                 self.adopt(trial_id, entry)
 
