@@ -5,6 +5,8 @@ of the `default` space (its trials, epochs and seeds unless `--trials`, `--epoch
 `--seeds` cut them), one per arm and repetition. An arm is a sampler on that space:
 
 - `tpe`: Optuna's TPESampler (the space's start-up trials);
+- `tpe-mv` (optional): TPE modelling the parameters jointly, each `when:` branch apart
+  (`multivariate`, `group`);
 - `gp`: Optuna's GPSampler (constrained, multi-objective; the same start-up trials);
 - `nsga2`: Optuna's NSGAIISampler;
 - `random`: Optuna's RandomSampler, the arm every other is measured against;
@@ -73,7 +75,7 @@ from sweep.spaces import SearchSpace, load_space  # noqa: E402
 from sweep.stats import t_interval  # noqa: E402
 from sweep.stores import quiet_libraries  # noqa: E402
 
-ARMS = ("tpe", "gp", "nsga2", "random", "tpe+asha")
+ARMS = ("tpe", "tpe-mv", "gp", "nsga2", "random", "tpe+asha")
 DEFAULT_ARMS = ("tpe", "gp", "nsga2", "random")
 BASE = "random"  # the arm every other is measured against
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -87,7 +89,13 @@ def arm_space(arm: str, space: SearchSpace, seed: int, seeds: int | None) -> dic
     if space.source_dir and (Path(space.source_dir) / space.base).is_file():
         # The file is written elsewhere: a `base` file beside the space goes by its full path.
         data["base"] = str((Path(space.source_dir) / space.base).resolve())
-    data["sampler"] = {**data["sampler"], "name": arm.split("+")[0], "seed": seed}
+    name = arm.split("+")[0]
+    data["sampler"] = {
+        **data["sampler"],
+        "name": "tpe" if name == "tpe-mv" else name,
+        "seed": seed,
+        "multivariate": name == "tpe-mv",
+    }
     if seeds is not None:
         data["seeds"] = list(range(seeds))
         race = data.get("race")

@@ -92,7 +92,12 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     """
     s = space.sampler
     if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
+        return optuna.samplers.TPESampler(
+            seed=s.seed,
+            n_startup_trials=s.startup_trials,
+            multivariate=s.multivariate,
+            group=s.multivariate,
+        )
     if s.name == "nsga2":
         # Its generations are `startup_trials` trials: the default 50 would leave a sweep of
         # a few dozen trials in the random first generation (bench/search.py).

@@ -145,6 +145,15 @@ class Sampler(_Strict):
     name: Literal["tpe", "nsga2", "random", "gp"] = "tpe"
     seed: int = 0
     startup_trials: int = Field(4, ge=0)
+    # TPE only: model the parameters jointly, each group of those that occur together
+    # (a `when:` branch) apart (Optuna's multivariate, group TPE).
+    multivariate: bool = False
+
+    @model_validator(mode="after")
+    def _multivariate_is_tpe(self) -> Sampler:
+        if self.multivariate and self.name != "tpe":
+            raise ValueError(f"multivariate applies to the tpe sampler only, not {self.name}")
+        return self
 
 
 class EarlyStopping(_Strict):

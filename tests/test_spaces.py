@@ -77,6 +77,7 @@ objectives:
         (BASE + "resources: {gpu: 0.3}\n", "resources"),
         (BASE + "seeds: [1, 1]\n", "seeds"),
         (BASE + "budgett: {trials: 3}\n", "budgett"),
+        (BASE + "sampler: {name: nsga2, multivariate: true}\n", "multivariate applies to"),
         (
             BASE.replace("parameters:\n", "parameters:\n" + WHEN_BEFORE),
             "parameters.moon.alpha.when",
@@ -306,3 +307,23 @@ def test_every_sampler_survives_pickling_with_its_state(sampler: str) -> None:
         study = optuna.create_study(sampler=s)
         draws.append(study.ask().suggest_float("x", 0.0, 1.0))
     assert draws[0] == draws[1]
+
+
+def test_multivariate_tpe_models_the_parameters_jointly() -> None:
+    # The same seed and history: independent TPE and multivariate (group) TPE propose apart
+    # once past the start-up trials, on an objective where only the pair's sum matters.
+    default = load_space("default")
+    proposals = []
+    for multivariate in (False, True):
+        sampler = default.sampler.model_copy(
+            update={"name": "tpe", "startup_trials": 4, "multivariate": multivariate}
+        )
+        study = optuna.create_study(
+            sampler=make_sampler(default.model_copy(update={"sampler": sampler}))
+        )
+        study.optimize(
+            lambda t: (t.suggest_float("x", -1, 1) + t.suggest_float("y", -1, 1)) ** 2,
+            n_trials=12,
+        )
+        proposals.append([t.params for t in study.trials[4:]])
+    assert proposals[0] != proposals[1]
