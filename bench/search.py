@@ -9,15 +9,19 @@ of the `default` space (its trials, epochs and seeds unless `--trials`, `--epoch
   (`multivariate`, `group`);
 - `gp`: Optuna's GPSampler (constrained, multi-objective; the same start-up trials);
 - `nsga2`: Optuna's NSGAIISampler;
-- `random`: Optuna's RandomSampler, the arm every other is measured against;
+- `random`: plain random search, the arm every other is measured against: Optuna's
+  RandomSampler with every trial trained on every seed and epoch (no seed racing, no early
+  stopping: the search a user runs without moonsweep's);
+- `random+race` (optional): RandomSampler with the space's racing and early stopping, for
+  the sampler alone against random;
 - `tpe+asha` (optional, `--arms`): TPE with ASHA early stopping on `val_accuracy`
   (reduction factor 2, deciding once the mask has frozen) and `--extra` times the trials.
 
 Everything else (baselines, constraints, test-time variants, seed racing, early stopping of
-the space) is the space's own, the same in every arm. Repetition r gives every arm sampler
-seed r: the arms are paired (TPE's and GP's start-up trials are random's first draws), and
-the arms' order rotates from one repetition to the next so that the machine's noise falls on
-all alike.
+the space) is the space's own, the same in every arm but `random`. Repetition r gives every
+arm sampler seed r: the arms are paired (TPE's and GP's start-up trials are random's first
+draws), and the arms' order rotates from one repetition to the next so that the machine's
+noise falls on all alike.
 
 The budget is epochs x seeds trained by the searched trials (the baselines, the same in every
 arm, are left out), counted in Optuna's trial order. A trial's cost is its user attr
@@ -75,8 +79,8 @@ from sweep.spaces import SearchSpace, load_space  # noqa: E402
 from sweep.stats import t_interval  # noqa: E402
 from sweep.stores import quiet_libraries  # noqa: E402
 
-ARMS = ("tpe", "tpe-mv", "gp", "nsga2", "random", "tpe+asha")
-DEFAULT_ARMS = ("tpe", "gp", "nsga2", "random")
+ARMS = ("tpe", "tpe-mv", "gp", "nsga2", "random", "random+race", "tpe+asha")
+DEFAULT_ARMS = ("tpe", "gp", "nsga2", "random+race", "random")
 BASE = "random"  # the arm every other is measured against
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 # Volumes of the same front computed twice differ by rounding at most.
@@ -102,6 +106,9 @@ def arm_space(arm: str, space: SearchSpace, seed: int, seeds: int | None) -> dic
         if race is not None and race["seeds"] >= seeds:
             # Fewer seeds than the space races on: race on all but one, or not at all.
             data["race"] = {**race, "seeds": seeds - 1} if seeds > 1 else None
+    if arm == BASE:  # plain random search: every trial trains every seed and epoch
+        data["race"] = None
+        data["early_stopping"] = None
     if arm == "tpe+asha":
         data["early_stopping"] = {"metric": "val_accuracy", "mode": "max", "reduction_factor": 2}
         data["report_every"] = 1  # ASHA decides at its rung, not at the next report

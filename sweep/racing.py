@@ -18,6 +18,21 @@ as good as each on some objective, is raced out with probability at most `alpha`
 the pooled spread). References are fixed when the trial is suggested (they travel in its
 config), so a resumed trial decides exactly as it did.
 
+A trial that cannot meet the space's constraints can never be on the front either, so the
+race also tests each constraint's limit (`Limit`: its threshold, fixed when the trial is
+suggested, and the seed-to-seed spread of its metric at the level): the trial is raced out
+by a limit it misses by more than the one-sided t bound,
+
+    mean(v) + t(1 - alpha/n, df) * sd / sqrt(k) < 0      (v: value - threshold, met = positive)
+
+where `sd` is one config's seed-to-seed spread of the metric, pooled over the configs that
+ran every seed at the level (`pooled_sd`, df = the sum of their n - 1). Bonferroni runs over
+references and limits together (n of them), so the stated error rate holds for both: a
+trial that in truth meets every limit and is not dominated by any reference is raced out
+with probability at most `alpha`. The limits matter most at a level where even the arms
+miss the constraint (the sparsest ones in a sweep cut short): there no reference is
+feasible and nothing else stops a trial.
+
 Of the searched trials at a level only those on its front (not dominated, on their means
 over seeds, by another feasible one: `join_front`) are references: a trial dominated by a
 dominated reference is dominated by the one above it too, and the references a trial
@@ -30,6 +45,10 @@ Example:
     >>> trial = {0: {"val/auroc_near": 0.80}, 1: {"val/auroc_near": 0.79}}
     >>> raced_by(trial, refs, [("val/auroc_near", "max")], alpha=0.05)
     'moon_auto'
+    >>> limit = Limit(label="val/auroc_near>=0.9", metric="val/auroc_near", op=">=",
+    ...               threshold=0.9, sd=0.01, df=8)
+    >>> raced_by(trial, {}, [("val/auroc_near", "max")], alpha=0.05, limits=[limit])
+    'val/auroc_near>=0.9'
 """
 
 from __future__ import annotations
@@ -37,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +64,20 @@ from scipy import stats
 
 # seed -> metric -> value, for one trial or reference
 PerSeed = Mapping[int, Mapping[str, float]]
+
+
+class Limit(BaseModel):
+    """One constraint as a race tests it: `metric op threshold` (the threshold fixed when
+    the trial is suggested) and the metric's seed-to-seed spread at the level (`sd`, `df`;
+    None and 0 when no config there ran two seeds: the trial's own spread is used)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    metric: str
+    op: Literal[">=", "<=", ">", "<"]
+    threshold: float
+    sd: float | None = None
+    df: int = 0
 
 
 class Race(BaseModel):
@@ -76,13 +110,47 @@ def pooled_spread(references: Mapping[str, PerSeed], metric: str) -> tuple[float
     return (math.sqrt(squares / df), df) if df else (math.nan, 0)
 
 
+def pooled_sd(configs: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
+    """(sd, df) of one config's value of `metric` from seed to seed, pooled over `configs`
+    (each with two seeds or more, every value finite).
+
+    >>> pooled_sd({"a": {0: {"m": 1.0}, 1: {"m": 3.0}}, "b": {0: {"m": 5.0}, 1: {"m": 5.0}}}, "m")
+    (1.0, 2)
+    """
+    squares, df = 0.0, 0
+    for per_seed in configs.values():
+        values = [v.get(metric) for v in per_seed.values()]
+        if len(values) < 2 or any(x is None or not math.isfinite(x) for x in values):
+            continue
+        squares += float(np.var(values, ddof=1)) * (len(values) - 1)
+        df += len(values) - 1
+    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+
+
+def _limit_test(trial: PerSeed, limit: Limit) -> tuple[list[float], float, int] | None:
+    """(margins to the limit, met = positive; sd; df) of `trial`'s seeds, or None when it
+    cannot be judged: a race seed without a finite value, or one seed and no pooled spread."""
+    values = [v.get(limit.metric) for v in trial.values()]
+    if not values or any(x is None or not math.isfinite(x) for x in values):
+        return None
+    sign = 1.0 if limit.op in (">=", ">") else -1.0
+    margins = [sign * (float(x) - limit.threshold) for x in values]
+    if limit.df and limit.sd is not None and math.isfinite(limit.sd):
+        return margins, limit.sd, limit.df
+    if len(margins) < 2:
+        return None
+    return margins, float(np.std(margins, ddof=1)), len(margins) - 1
+
+
 def raced_by(
     trial: PerSeed,
     references: Mapping[str, PerSeed],
     objectives: Sequence[tuple[str, str]],
     alpha: float,
+    limits: Sequence[Limit] = (),
 ) -> str | None:
-    """The reference that dominates `trial` on its seeds by the rule above, or None.
+    """The limit `trial` misses, or the reference that dominates it, on its seeds by the
+    rules above (a limit's label or a reference's), or None.
 
     `objectives` are (metric, "max" | "min"), density left out (equal at a level).
     """
@@ -90,11 +158,18 @@ def raced_by(
     usable = {
         label: ref
         for label, ref in references.items()
-        if all(_differences(trial, ref, m, seeds) for m, _ in objectives)
+        if objectives and all(_differences(trial, ref, m, seeds) for m, _ in objectives)
     }
-    if not usable or not objectives:
+    tests = [(lim, test) for lim in limits if (test := _limit_test(trial, lim)) is not None]
+    if not usable and not tests:
         return None
-    level = alpha / len(usable)
+    level = alpha / (len(usable) + len(tests))
+    for lim, (margins, sd, df) in tests:
+        bound = float(np.mean(margins)) + stats.t.ppf(1 - level, df) * sd / math.sqrt(len(margins))
+        if bound < 0:
+            return lim.label
+    if not usable:
+        return None
     spread = {m: pooled_spread(usable, m) for m, _ in objectives}
     for label, ref in usable.items():
         dominated = True

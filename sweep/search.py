@@ -40,7 +40,7 @@ from sweep.failures import (
     stand_in,
 )
 from sweep.naming import read_adopted
-from sweep.racing import join_front, mean_figures
+from sweep.racing import Limit, join_front, mean_figures, pooled_sd
 from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
 from sweep.stats import number
 from sweep.stores import (
@@ -185,7 +185,34 @@ class SweepSearcher(Searcher):
         if self.space.race is not None:
             # Fixed now and kept in the trial's config: a resumed trial races as it did.
             config["references"] = self.references(level)
+            config["limits"] = [limit.model_dump() for limit in self.limits(level)]
         return config
+
+    def limits(self, level: float | None) -> list[Limit]:
+        """The space's constraints as racing tests them at `level` (`sweep.racing.Limit`):
+        those whose threshold is known now, with the seed-to-seed spread of their metric
+        over the configs that ran every seed there."""
+        pool = getattr(self, "race_pool", {}).get(_level_key(level), {})
+        per_config = {label: entry["seeds"] for label, entry in pool.items()}
+        out = []
+        for con in self.space.constraints:
+            if con.baseline is not None and con.baseline in self.failed_arms:
+                continue  # without a reference it cannot bind (as in `_tell`)
+            threshold = con.threshold(self.baseline_results)
+            if threshold is None:
+                continue
+            sd, df = pooled_sd(per_config, con.metric)
+            out.append(
+                Limit(
+                    label=f"{con.metric}{con.op}{threshold:.4g}",
+                    metric=con.metric,
+                    op=con.op,
+                    threshold=threshold,
+                    sd=sd if df else None,
+                    df=df,
+                )
+            )
+        return out
 
     def references(self, level: float | None) -> dict[str, dict[int, dict[str, float]]]:
         """What racing compares a trial at `level` against: the level's feasible arms and the
@@ -231,7 +258,9 @@ class SweepSearcher(Searcher):
         """Keep a trial that ran every seed as a racing reference at its level."""
         if self.space.race is None or "seed_values" not in result or result.get("raced_out"):
             return
+        # The objectives it races on, and the constraints' metrics for the limits' spread.
         metrics = [m for m, _ in self.space.race_objectives()]
+        metrics += [c.metric for c in self.space.constraints if c.metric not in metrics]
         per_seed = json.loads(result["seed_values"])
         seeds = {int(s): {m: v[m] for m in metrics if m in v} for s, v in per_seed.items()}
         values = {con.metric: result.get(con.metric) for con in self.space.constraints}

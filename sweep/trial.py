@@ -56,7 +56,7 @@ from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import is_uri, node_placement
 from sweep.failures import chance_accuracy, collapse, failure_kind
 from sweep.naming import FINAL_DIR
-from sweep.racing import raced_by
+from sweep.racing import Limit, raced_by
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.stats import aggregate
 
@@ -313,7 +313,8 @@ def _train(
     """
     searched = config["arm"] == SEARCH_ARM
     references = config.get("references") or {}
-    race = space.race if searched and references else None
+    limits = [Limit.model_validate(lim) for lim in config.get("limits") or []]
+    race = space.race if searched and (references or limits) else None
     split = race.seeds if race is not None else len(runs)
     groups = [runs[:split], runs[split:]] if split < len(runs) else [runs]
     reporter = _Reporter(space, note, early=searched and space.early_stopping is not None)
@@ -324,7 +325,9 @@ def _train(
     try:
         for group in groups:
             if group is groups[-1] and len(groups) == 2 and not group[0].epoch:
-                raced = _race(groups[0], space, test_time, references, reporter.history, evaluated)
+                raced = _race(
+                    groups[0], space, test_time, (references, limits), reporter.history, evaluated
+                )
                 if raced is not None:
                     return raced
             reporter.train(group, runs)
@@ -426,17 +429,19 @@ def _race(
     first: list[Run],
     space: SearchSpace,
     test_time: TestTime | None,
-    references: dict[str, dict[int, dict[str, float]]],
+    against: tuple[dict[str, dict[int, dict[str, float]]], list[Limit]],
     history: list[dict[str, float]],
     evaluated: dict[int, list[TrainResult]],
 ) -> Finished | None:
-    """Finish the race seeds; a Finished (flagged) when a reference dominates them."""
+    """Finish the race seeds; a Finished (flagged) when they miss a limit or a reference
+    dominates them (`against`: the references and limits of the trial's config)."""
     race = space.race
     assert race is not None
+    references, limits = against
     done = _finish(first, test_time, history, evaluated)
     per_seed = {r.config.seed: r.metrics for r in done.results}
     refs = {label: {int(s): v for s, v in ref.items()} for label, ref in references.items()}
-    by = raced_by(per_seed, refs, space.race_objectives(), race.alpha)
+    by = raced_by(per_seed, refs, space.race_objectives(), race.alpha, limits)
     if by is None:
         return None
     done.metrics.update({"raced_out": 1, "raced_by": by, "seeds_trained": len(first)})

@@ -212,3 +212,17 @@ def test_on_test_parts_swaps_the_objectives_and_drops_records_without_them() -> 
     assert [r["values"] for r in swapped] == [[0.8, 0.2], None, [0.6, 0.4]]
     assert [r["counted"] for r in swapped] == [True, False, False]
     assert records[0]["values"] == [0.9, 0.1]  # the records themselves are left as they were
+
+
+def test_random_is_plain_random_search_and_random_race_keeps_the_spaces_racing() -> None:
+    space = search.load_space("default")
+    assert space.race is not None  # the default space races its searched trials
+    plain = search.arm_space("random", space, seed=3, seeds=None)
+    raced = search.arm_space("random+race", space, seed=3, seeds=None)
+    assert plain["sampler"]["name"] == raced["sampler"]["name"] == "random"
+    assert plain["sampler"]["seed"] == raced["sampler"]["seed"] == 3
+    assert plain["race"] is None and plain["early_stopping"] is None
+    assert raced["race"] == space.race.model_dump(mode="json")
+    # Everything else is the same space.
+    same = {k: v for k, v in plain.items() if k not in ("race", "early_stopping")}
+    assert same == {k: v for k, v in raced.items() if k not in ("race", "early_stopping")}

@@ -27,7 +27,7 @@ from chaos import (
 from scipy import stats
 
 from sweep.levels import compare_levels
-from sweep.racing import pooled_spread, raced_by
+from sweep.racing import Limit, pooled_sd, pooled_spread, raced_by
 from sweep.search import SweepSearcher
 from sweep.selection import select
 from sweep.spaces import SEARCH_ARM, arm_label, load_space
@@ -96,6 +96,64 @@ def test_raced_by_against_a_hand_computed_case() -> None:
     assert raced_by(close, refs, [("m", "max"), ("n", "max")], alpha=0.05) is None
     # A reference lacking a race seed cannot judge; with none left, nothing is decided.
     assert raced_by({5: {"m": 0.1, "n": 0.1}}, refs, [("m", "max")], alpha=0.05) is None
+
+
+def test_a_missed_limit_races_a_trial_out_against_a_hand_computed_bound() -> None:
+    configs = {
+        "a": {0: {"acc": 0.80}, 1: {"acc": 0.84}, 2: {"acc": 0.82}},
+        "b": {0: {"acc": 0.70}, 1: {"acc": 0.71}, 2: {"acc": 0.69}},
+    }
+    sd, df = pooled_sd(configs, "acc")
+    # By hand: each config's variance (ddof 1) is 4e-4 and 1e-4, df 2 each.
+    assert df == 4 and sd == pytest.approx(math.sqrt((4e-4 * 2 + 1e-4 * 2) / 4))
+    limit = Limit(label="acc>=0.9", metric="acc", op=">=", threshold=0.9, sd=sd, df=df)
+    trial = {0: {"acc": 0.87}, 1: {"acc": 0.88}}
+    # margins -0.03, -0.02; bound = -0.025 + t(0.95, 4) * sd / sqrt(2) = -0.0025 < 0.
+    bound = -0.025 + stats.t.ppf(0.95, 4) * sd / math.sqrt(2)
+    assert bound < 0
+    assert raced_by(trial, {}, [("acc", "max")], alpha=0.05, limits=[limit]) == "acc>=0.9"
+    # A reference beside it halves the level (Bonferroni): t(0.975, 4) makes the bound
+    # positive, and the reference (0.875 on these seeds) does not dominate the trial.
+    assert -0.025 + stats.t.ppf(0.975, 4) * sd / math.sqrt(2) > 0
+    ref = {"r": {0: {"acc": 0.87}, 1: {"acc": 0.88}}}
+    assert raced_by(trial, ref, [("acc", "max")], alpha=0.05, limits=[limit]) is None
+    # An upper limit (<=) on the same figures is met: kept.
+    upper = limit.model_copy(update={"op": "<=", "label": "acc<=0.9"})
+    assert raced_by(trial, {}, [("acc", "max")], alpha=0.05, limits=[upper]) is None
+    # No pooled spread: the trial's own (df 1, t(0.95, 1) = 6.3) cannot decide it.
+    alone = limit.model_copy(update={"sd": None, "df": 0})
+    assert raced_by(trial, {}, [("acc", "max")], alpha=0.05, limits=[alone]) is None
+    # A race seed without the metric: nothing to judge.
+    assert raced_by({0: {"x": 1.0}}, {}, [("acc", "max")], alpha=0.05, limits=[limit]) is None
+
+
+def test_limits_carry_the_constraints_threshold_and_the_levels_spread(tmp_path: Path) -> None:
+    """A trial's limits are fixed at its suggestion: the constraint's threshold from the
+    baseline's result, the spread of its metric over the configs at the trial's level."""
+    constrained = (
+        SPACE
+        + 'constraints:\n  - {metric: val/accuracy, op: ">=", baseline: dense, offset: -0.05}\n'
+    )
+    (tmp_path / "space.yaml").write_text(constrained)
+    space = load_space(str(tmp_path / "space.yaml"))
+    searcher = SweepSearcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "limits")
+    accuracy = {"dense": [0.9, 0.92, 0.94]}
+    arms = []
+    while searcher.pending_arms:
+        arms.append(f"arm{len(arms)}")
+        searcher.suggest(arms[-1])
+        acc = accuracy.get(searcher.trial_arm[arms[-1]], [0.5, 0.6, 0.7])
+        per_seed = {
+            s: {"val/auroc_near": 0.5, "val/accuracy": a} for s, a in zip(SEEDS, acc, strict=True)
+        }
+        result = {"final": 1, "val/auroc_near": 0.5, "val/accuracy": float(np.mean(acc))}
+        searcher.on_trial_complete(arms[-1], {**result, "seed_values": json.dumps(per_seed)})
+    (limit,) = searcher.suggest("t0")["limits"]
+    assert limit["threshold"] == pytest.approx(0.92 - 0.05)
+    assert limit["op"] == ">=" and limit["metric"] == "val/accuracy"
+    # The level's three sparse arms, each with variance 0.01 over 3 seeds (dense is at no level).
+    assert limit["df"] == 6 and limit["sd"] == pytest.approx(0.1)
+    assert limit["label"] == "val/accuracy>=0.87"
 
 
 def test_references_are_the_levels_arms_and_its_front(tmp_path: Path) -> None:
