@@ -315,3 +315,50 @@ def test_killed_and_resumed_with_racing_matches_a_clean_run(raced: Path, tmp_pat
         assert {k: other.user_attrs.get(k) for k in keep} == {
             k: trial.user_attrs.get(k) for k in keep
         }
+
+
+# Only the dense arm (at no level) and a constraint on it: at level 0.1 no arm is trained,
+# so only the constraint's limit can stop the lr 1e-4 trial (about 0.4 accuracy after 6
+# epochs; lr 0.12 about 0.8, dense about 0.96: 0.25 below dense parts them).
+OFFSET = -0.25
+LIMIT_SPACE = (
+    SPACE
+    + f"""baselines:
+  dense: {{sparsity.method: dense, moon.enabled: false, voting.mode: "off"}}
+constraints:
+  - {{metric: val/accuracy, op: ">=", baseline: dense, offset: {OFFSET}}}
+"""
+)
+
+
+def test_a_trial_missing_the_constraint_is_raced_out_by_its_limit(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(LIMIT_SPACE)
+    done = run_cli(
+        "run", "--space", tmp_path / "space.yaml", "--name", "lim", "--workdir", tmp_path / "w",
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = {t.number: t for t in optuna_trials(tmp_path / "w", "lim")}
+    assert [trials[n].params["optim.lr"] for n in range(3)] == [0.12, 0.0001, 0.12]
+    state, _ = load_state("lim", tmp_path / "w")
+    rows = {r["optuna"]: r for r in trial_rows(state) if r["arm"] == SEARCH_ARM}
+    dense = next(r for r in trial_rows(state, all_metrics=True) if r["arm"] == "dense")
+    hopeless = trials[1]
+    assert hopeless.user_attrs["raced_out"] is True
+    assert hopeless.user_attrs["epochs_trained"] == RACE * EPOCHS
+    # The limit's label carries the threshold the trial was held to: dense's accuracy + OFFSET.
+    label = hopeless.user_attrs["raced_by"]
+    assert label.startswith("val/accuracy>=")
+    assert float(label.removeprefix("val/accuracy>=")) == pytest.approx(
+        dense["val/accuracy"] + OFFSET, abs=5e-4
+    )
+    # Told as infeasible (the sampler learns from it), never a candidate.
+    assert hopeless.state == optuna.trial.TrialState.COMPLETE
+    assert max(hopeless.constraints.values()) > 0
+    assert rows[1]["state"] == "raced"
+    for n in (0, 2):
+        assert "raced_out" not in trials[n].user_attrs
+        assert trials[n].user_attrs["epochs_trained"] == len(SEEDS) * EPOCHS
+    selection = select(state)
+    seen = [selection.chosen, *selection.pareto, *selection.feasible, *selection.candidates]
+    assert rows[1]["mlflow_run_id"] not in {r["mlflow_run_id"] for r in seen if r}
