@@ -87,8 +87,11 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 REACHED = 1 - 1e-9
 
 
-def arm_space(arm: str, space: SearchSpace, seed: int, seeds: int | None) -> dict[str, Any]:
-    """The space file of `arm` in the repetition with sampler seed `seed`."""
+def arm_space(
+    arm: str, space: SearchSpace, seed: int, seeds: int | None, race_constraints: bool = False
+) -> dict[str, Any]:
+    """The space file of `arm` in the repetition with sampler seed `seed` (`race_constraints`:
+    the space's racing also tests its constraints, `race.constraints`)."""
     data = space.model_dump(mode="json")
     if space.source_dir and (Path(space.source_dir) / space.base).is_file():
         # The file is written elsewhere: a `base` file beside the space goes by its full path.
@@ -106,6 +109,8 @@ def arm_space(arm: str, space: SearchSpace, seed: int, seeds: int | None) -> dic
         if race is not None and race["seeds"] >= seeds:
             # Fewer seeds than the space races on: race on all but one, or not at all.
             data["race"] = {**race, "seeds": seeds - 1} if seeds > 1 else None
+    if race_constraints and data.get("race") is not None:
+        data["race"] = {**data["race"], "constraints": True}
     if arm == BASE:  # plain random search: every trial trains every seed and epoch
         data["race"] = None
         data["early_stopping"] = None
@@ -119,7 +124,7 @@ def run_sweep(workdir: Path, arm: str, rep: int, args: argparse.Namespace) -> di
     """Run one arm's sweep of repetition `rep`; its searched trials in Optuna's order."""
     name = f"{arm.replace('+', '-')}-r{rep}"
     space_file = workdir / f"{name}.yaml"
-    data = arm_space(arm, load_space(args.space), rep, args.seeds)
+    data = arm_space(arm, load_space(args.space), rep, args.seeds, args.race_constraints)
     space_file.write_text(yaml.safe_dump(data, sort_keys=False))
     trials = args.trials if args.trials is not None else data["budget"]["trials"]
     if arm == "tpe+asha":
@@ -285,6 +290,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (the space's)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (the space's)")
     parser.add_argument("--extra", type=float, default=1.5, help="tpe+asha gets this x trials")
+    parser.add_argument(
+        "--race-constraints",
+        action="store_true",
+        help="racing also tests the space's constraints (race.constraints: true)",
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed setting, all arms"
     )

@@ -18,10 +18,10 @@ as good as each on some objective, is raced out with probability at most `alpha`
 the pooled spread). References are fixed when the trial is suggested (they travel in its
 config), so a resumed trial decides exactly as it did.
 
-A trial that cannot meet the space's constraints can never be on the front either, so the
-race also tests each constraint's limit (`Limit`: its threshold, fixed when the trial is
-suggested, and the seed-to-seed spread of its metric at the level): the trial is raced out
-by a limit it misses by more than the one-sided t bound,
+A trial that cannot meet the space's constraints can never be on the front either, so with
+`constraints: true` the race also tests each constraint's limit (`Limit`: its threshold,
+fixed when the trial is suggested, and the seed-to-seed spread of its metric at the level):
+the trial is raced out by a limit it misses by more than the one-sided t bound,
 
     mean(v) + t(1 - alpha/n, df) * sd / sqrt(k) < 0      (v: value - threshold, met = positive)
 
@@ -81,11 +81,15 @@ class Limit(BaseModel):
 
 
 class Race(BaseModel):
-    """A space's racing rule: train `seeds` seeds first, stop at error rate `alpha`."""
+    """A space's racing rule: train `seeds` seeds first, stop at error rate `alpha`; with
+    `constraints`, also test the space's constraints as limits (off by default: a sweep cut
+    below the length its constraints were set for, like a five-epoch first look, would race
+    out every searched trial and leave `select` nothing to choose)."""
 
     model_config = ConfigDict(extra="forbid")
     seeds: int = Field(2, ge=1)
     alpha: float = Field(0.05, gt=0, lt=1)
+    constraints: bool = False
 
 
 def _differences(a: PerSeed, b: PerSeed, metric: str, seeds: Sequence[int]) -> list[float]:

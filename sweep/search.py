@@ -191,7 +191,9 @@ class SweepSearcher(Searcher):
     def limits(self, level: float | None) -> list[Limit]:
         """The space's constraints as racing tests them at `level` (`sweep.racing.Limit`):
         those whose threshold is known now, with the seed-to-seed spread of their metric
-        over the configs that ran every seed there."""
+        over the configs that ran every seed there; none unless the race asks for them."""
+        if self.space.race is None or not self.space.race.constraints:
+            return []
         pool = getattr(self, "race_pool", {}).get(_level_key(level), {})
         per_config = {label: entry["seeds"] for label, entry in pool.items()}
         out = []

@@ -163,7 +163,8 @@ def trial_checkpoints(workdir: Path, name: str) -> dict[str, list[Path]]:
 
 
 def finished_trials(workdir: Path, name: str) -> dict[str, dict[str, Any]]:
-    """Trials whose training had ended (a final checkpoint on storage, or FINISHED in MLflow).
+    """Trials whose training had ended (a final checkpoint on storage, or an MLflow run that
+    `ended_as_it_should`).
 
     For each: its MLflow end time (None if MLflow had not heard yet) and its newest
     checkpoint index; a trial trained again after a resume writes a newer checkpoint.
@@ -175,7 +176,7 @@ def finished_trials(workdir: Path, name: str) -> dict[str, dict[str, Any]]:
     if (Path(workdir) / name / "sweep.json").exists():
         for run in child_runs(workdir, name):
             trial_id = run.data.tags.get("ray.trial_id")
-            if run.info.status == "FINISHED":
+            if ended_as_it_should(run):
                 entry = done.setdefault(trial_id, {"end": None, "checkpoint": None})
                 entry["end"] = run.info.end_time
     return done
@@ -195,8 +196,16 @@ def kill_driver(proc: subprocess.Popen, workdir: Path, name: str) -> dict[str, A
     return {"finished": finished_trials(workdir, name), "lingering": lingering}
 
 
+def ended_as_it_should(run: Any) -> bool:
+    """An MLflow run that ended as a trial should: FINISHED, or KILLED by seed racing (a
+    raced-out trial's end, tagged `moonsweep.raced_out`; docs/search-spaces.md)."""
+    status = run.info.status
+    return status == "FINISHED" or (status == "KILLED" and "moonsweep.raced_out" in run.data.tags)
+
+
 def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected: int) -> dict:
-    """Compare a resumed sweep's stores with what had finished before the kill(s)."""
+    """Compare a resumed sweep's stores with what had finished before the kill(s).
+    `finished_runs` counts the runs that ended as they should (`ended_as_it_should`)."""
     import optuna
 
     runs = child_runs(workdir, name)
@@ -205,10 +214,10 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
         per_trial[run.data.tags.get("ray.trial_id")] = (
             per_trial.get(run.data.tags.get("ray.trial_id"), 0) + 1
         )
-    status = {run.data.tags.get("ray.trial_id"): run.info.status for run in runs}
+    ended = {run.data.tags.get("ray.trial_id"): ended_as_it_should(run) for run in runs}
     ends = {run.data.tags.get("ray.trial_id"): run.info.end_time for run in runs}
     checkpoints = trial_checkpoints(workdir, name)
-    lost = [t for t in before if status.get(t) != "FINISHED"]
+    lost = [t for t in before if not ended.get(t)]
     twice = [
         t
         for t, seen in before.items()
@@ -228,7 +237,7 @@ def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected:
         "status": state_of(workdir, name)["status"],
         "runs": len(runs),
         "expected": expected,
-        "finished_runs": sum(run.info.status == "FINISHED" for run in runs),
+        "finished_runs": sum(ended_as_it_should(run) for run in runs),
         "running_runs": sum(run.info.status == "RUNNING" for run in runs),
         "lost": len(lost),
         "run_twice": len(twice),
@@ -366,7 +375,7 @@ def kill_resume_chain(root: Path, trials: int = 4, timeout: float = 300) -> dict
                 wait_until(lambda f=folder: (f / "paused").exists(), timeout, point)
             else:
                 wait_until(
-                    lambda: sum(r.info.status == "FINISHED" for r in child_runs(workdir, "k")) >= 2,
+                    lambda: sum(map(ended_as_it_should, child_runs(workdir, "k"))) >= 2,
                     timeout,
                     point,
                 )

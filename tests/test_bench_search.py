@@ -226,3 +226,8 @@ def test_random_is_plain_random_search_and_random_race_keeps_the_spaces_racing()
     # Everything else is the same space.
     same = {k: v for k, v in plain.items() if k not in ("race", "early_stopping")}
     assert same == {k: v for k, v in raced.items() if k not in ("race", "early_stopping")}
+    # --race-constraints: the racing arms test the constraints too; plain random still races not.
+    assert raced["race"]["constraints"] is False
+    on = search.arm_space("random+race", space, seed=3, seeds=None, race_constraints=True)
+    assert on["race"] == {**raced["race"], "constraints": True}
+    assert search.arm_space("random", space, 3, None, race_constraints=True)["race"] is None

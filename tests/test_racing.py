@@ -67,6 +67,9 @@ budget: {{trials: 3, max_concurrent: 1}}   # one at a time: every arm is a refer
 early_stopping: null
 report_every: 3
 """
+RACE_LINE = f"race: {{seeds: {RACE}, alpha: 0.05}}"
+LIMITS_RACE_LINE = f"race: {{seeds: {RACE}, alpha: 0.05, constraints: true}}"
+assert RACE_LINE in SPACE
 VARIANTS = [
     f"{mode}/{score}"
     for mode in ("weights", "predictions")
@@ -134,7 +137,11 @@ def test_limits_carry_the_constraints_threshold_and_the_levels_spread(tmp_path: 
         SPACE
         + 'constraints:\n  - {metric: val/accuracy, op: ">=", baseline: dense, offset: -0.05}\n'
     )
-    (tmp_path / "space.yaml").write_text(constrained)
+    (tmp_path / "off.yaml").write_text(constrained)
+    (tmp_path / "space.yaml").write_text(constrained.replace(RACE_LINE, LIMITS_RACE_LINE))
+    # Off unless the race asks for them: a cut sweep would lose every searched trial.
+    off = SweepSearcher(load_space(str(tmp_path / "off.yaml")), "sqlite://", "off")
+    assert off.limits(0.1) == [] and not off.space.race.constraints
     space = load_space(str(tmp_path / "space.yaml"))
     searcher = SweepSearcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "limits")
     accuracy = {"dense": [0.9, 0.92, 0.94]}
@@ -305,7 +312,8 @@ def test_killed_and_resumed_with_racing_matches_a_clean_run(raced: Path, tmp_pat
     report = audit(workdir, "k", before, expected=7)
     assert report["runs"] == 7 and report["lost"] == 0 and report["run_twice"] == 0
     assert report["duplicate_runs"] == 0 and report["stale_optuna"] == 0
-    assert report["finished_runs"] == 6 and report["spooled"] == 0  # the raced one: KILLED
+    # Six FINISHED and the raced one KILLED: all seven ended as they should.
+    assert report["finished_runs"] == 7 and report["spooled"] == 0
     clean, again = _by_lr(raced), _by_lr(workdir)
     for n, trial in clean.items():
         other = again[n]
@@ -322,7 +330,7 @@ def test_killed_and_resumed_with_racing_matches_a_clean_run(raced: Path, tmp_pat
 # epochs; lr 0.12 about 0.8, dense about 0.96: 0.25 below dense parts them).
 OFFSET = -0.25
 LIMIT_SPACE = (
-    SPACE
+    SPACE.replace(RACE_LINE, LIMITS_RACE_LINE)
     + f"""baselines:
   dense: {{sparsity.method: dense, moon.enabled: false, voting.mode: "off"}}
 constraints:
