@@ -54,7 +54,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Literal
 
@@ -102,16 +102,22 @@ def _differences(a: PerSeed, b: PerSeed, metric: str, seeds: Sequence[int]) -> l
     return out
 
 
+def _pooled(samples: Iterable[list[float]]) -> tuple[float, int]:
+    """(sd, df) pooled over samples of two values or more: sum of (n - 1) s^2 over sum of n - 1."""
+    squares, df = 0.0, 0
+    for values in samples:
+        if len(values) >= 2:
+            squares += float(np.var(values, ddof=1)) * (len(values) - 1)
+            df += len(values) - 1
+    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+
+
 def pooled_spread(references: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
     """(sd, df) of a paired difference between references, pooled over every pair."""
-    squares, df = 0.0, 0
-    for a, b in combinations(references.values(), 2):
-        common = sorted(set(a) & set(b))
-        d = _differences(a, b, metric, common)
-        if len(d) >= 2:
-            squares += float(np.var(d, ddof=1)) * (len(d) - 1)
-            df += len(d) - 1
-    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+    return _pooled(
+        _differences(a, b, metric, sorted(set(a) & set(b)))
+        for a, b in combinations(references.values(), 2)
+    )
 
 
 def pooled_sd(configs: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
@@ -121,19 +127,28 @@ def pooled_sd(configs: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
     >>> pooled_sd({"a": {0: {"m": 1.0}, 1: {"m": 3.0}}, "b": {0: {"m": 5.0}, 1: {"m": 5.0}}}, "m")
     (1.0, 2)
     """
-    squares, df = 0.0, 0
-    for per_seed in configs.values():
-        values = [v.get(metric) for v in per_seed.values()]
-        if len(values) < 2 or any(x is None or not math.isfinite(x) for x in values):
-            continue
-        squares += float(np.var(values, ddof=1)) * (len(values) - 1)
-        df += len(values) - 1
-    return (math.sqrt(squares / df), df) if df else (math.nan, 0)
+    return _pooled(
+        [float(x) for x in values]
+        for values in ([v.get(metric) for v in c.values()] for c in configs.values())
+        if not any(x is None or not math.isfinite(x) for x in values)
+    )
+
+
+def _below_zero(d: list[float], sd: float, df: int, level: float) -> bool | None:
+    """Whether the one-sided t bound on mean(d), mean + t(1 - level, df) sd / sqrt(k), is
+    below zero; with no pooled spread (df 0) the sample's own (df k - 1), and None with one
+    value and no pooled spread: nothing to decide on."""
+    if df == 0 or not math.isfinite(sd):
+        if len(d) < 2:
+            return None
+        sd, df = float(np.std(d, ddof=1)), len(d) - 1
+    return float(np.mean(d)) + stats.t.ppf(1 - level, df) * sd / math.sqrt(len(d)) < 0
 
 
 def _limit_test(trial: PerSeed, limit: Limit) -> tuple[list[float], float, int] | None:
-    """(margins to the limit, met = positive; sd; df) of `trial`'s seeds, or None when it
-    cannot be judged: a race seed without a finite value, or one seed and no pooled spread."""
+    """(margins to the limit on `trial`'s seeds, met = positive; the pooled sd and df, or NaN
+    and 0 without them), or None when it cannot be judged: a race seed without a finite
+    value, or one seed and no pooled spread."""
     values = [v.get(limit.metric) for v in trial.values()]
     if not values or any(x is None or not math.isfinite(x) for x in values):
         return None
@@ -141,9 +156,7 @@ def _limit_test(trial: PerSeed, limit: Limit) -> tuple[list[float], float, int] 
     margins = [sign * (float(x) - limit.threshold) for x in values]
     if limit.df and limit.sd is not None and math.isfinite(limit.sd):
         return margins, limit.sd, limit.df
-    if len(margins) < 2:
-        return None
-    return margins, float(np.std(margins, ddof=1)), len(margins) - 1
+    return (margins, math.nan, 0) if len(margins) >= 2 else None
 
 
 def raced_by(
@@ -169,24 +182,18 @@ def raced_by(
         return None
     level = alpha / (len(usable) + len(tests))
     for lim, (margins, sd, df) in tests:
-        bound = float(np.mean(margins)) + stats.t.ppf(1 - level, df) * sd / math.sqrt(len(margins))
-        if bound < 0:
+        if _below_zero(margins, sd, df, level):
             return lim.label
-    if not usable:
-        return None
     spread = {m: pooled_spread(usable, m) for m, _ in objectives}
     for label, ref in usable.items():
         dominated = True
         for metric, mode in objectives:
             sign = 1.0 if mode == "max" else -1.0
             d = [sign * v for v in _differences(trial, ref, metric, seeds)]
-            sd, df = spread[metric]
-            if df == 0 or not math.isfinite(sd):
-                if len(d) < 2:
-                    return None  # one seed and no pooled spread: nothing to decide on
-                sd, df = float(np.std(d, ddof=1)), len(d) - 1
-            bound = float(np.mean(d)) + stats.t.ppf(1 - level, df) * sd / math.sqrt(len(d))
-            if not bound < 0:
+            below = _below_zero(d, *spread[metric], level)
+            if below is None:
+                return None  # one seed and no pooled spread: nothing to decide on
+            if not below:
                 dominated = False
                 break
         if dominated:

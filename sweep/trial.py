@@ -326,7 +326,7 @@ def _train(
         for group in groups:
             if group is groups[-1] and len(groups) == 2 and not group[0].epoch:
                 raced = _race(
-                    groups[0], space, test_time, (references, limits), reporter.history, evaluated
+                    groups[0], space, test_time, reporter.history, evaluated, references, limits
                 )
                 if raced is not None:
                     return raced
@@ -429,15 +429,15 @@ def _race(
     first: list[Run],
     space: SearchSpace,
     test_time: TestTime | None,
-    against: tuple[dict[str, dict[int, dict[str, float]]], list[Limit]],
     history: list[dict[str, float]],
     evaluated: dict[int, list[TrainResult]],
+    references: dict[str, dict[int, dict[str, float]]],
+    limits: list[Limit],
 ) -> Finished | None:
-    """Finish the race seeds; a Finished (flagged) when they miss a limit or a reference
-    dominates them (`against`: the references and limits of the trial's config)."""
+    """Finish the race seeds; a Finished (flagged) when they miss one of the trial's
+    limits or one of its references dominates them."""
     race = space.race
     assert race is not None
-    references, limits = against
     done = _finish(first, test_time, history, evaluated)
     per_seed = {r.config.seed: r.metrics for r in done.results}
     refs = {label: {int(s): v for s, v in ref.items()} for label, ref in references.items()}
