@@ -260,9 +260,11 @@ class SweepSearcher(Searcher):
         """Keep a trial that ran every seed as a racing reference at its level."""
         if self.space.race is None or "seed_values" not in result or result.get("raced_out"):
             return
-        # The objectives it races on, and the constraints' metrics for the limits' spread.
+        # The objectives it races on, and the constraints' metrics for the limits' spread
+        # when the race tests them (the pool travels in the searcher's saved state).
         metrics = [m for m, _ in self.space.race_objectives()]
-        metrics += [c.metric for c in self.space.constraints if c.metric not in metrics]
+        if self.space.race.constraints:
+            metrics += [c.metric for c in self.space.constraints if c.metric not in metrics]
         per_seed = json.loads(result["seed_values"])
         seeds = {int(s): {m: v[m] for m in metrics if m in v} for s, v in per_seed.items()}
         values = {con.metric: result.get(con.metric) for con in self.space.constraints}
