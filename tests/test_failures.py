@@ -50,10 +50,14 @@ BASELINE = {
 
 
 def _space(unconditional: bool = False, **changes: object) -> SearchSpace:
-    """The default space with `section__field=value` changes; `unconditional`: MOON's final
-    alpha searched in every trial (auto mode), as NSGA-II and GP search parameters."""
+    """The default space on MOON.md's wide ranges (alpha_final 0.1-100, a fixed alpha
+    0.01-10, as paper-cifar10 searches; the default caps them below where its model
+    diverges), with `section__field=value` changes; `unconditional`: MOON's final alpha
+    searched in every trial (auto mode), as NSGA-II and GP search parameters."""
     base = load_space("default")
     data = base.model_dump()
+    data["parameters"]["moon.alpha_final"]["high"] = 100.0
+    data["parameters"]["moon.alpha"]["high"] = 10.0
     for key, value in changes.items():
         section, _, field = key.partition("__")
         data[section][field] = value
