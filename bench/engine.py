@@ -1,5 +1,8 @@
 """Training throughput of dense, RigL and RigL+MOON+voting on the same model and data.
 
+A fourth arm runs RigL+MOON+voting with `runtime.fused_optimizer=false` (PyTorch's
+per-tensor SGD), so the fused kernel's gain is measured side by side too.
+
 Prints a markdown table (arm | samples/s | ms/epoch | time ratio vs dense (min-max)), the
 torch version, thread count and CPU model, and whether the project's target holds: the full
 MOON sparse run (RigL + MOON + weight voting) costs at most 1.15x the dense run's time.
@@ -62,6 +65,9 @@ ARMS: dict[str, list[str]] = {
         "voting.mode=weights",
     ],
 }
+# The full arm with PyTorch's per-tensor SGD instead of the fused kernel (the default).
+UNFUSED_ARM = f"{FULL_ARM}, unfused SGD"
+ARMS[UNFUSED_ARM] = [*ARMS[FULL_ARM], "runtime.fused_optimizer=false"]
 
 
 def fit_schedule(overrides: list[str]) -> list[str]:

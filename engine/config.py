@@ -117,11 +117,14 @@ class RuntimeConfig(_Section):
     optimizer and MOON's loss stay float32). `compile` wraps the training forward in
     `torch.compile` (meant for CUDA; it works on CPU when a C++ compiler is present, after
     a long first step). `channels_last` stores conv weights and batches NHWC.
+    `fused_optimizer` updates every parameter in one fused SGD kernel (CPU and CUDA; other
+    devices use PyTorch's default); the same update, rounded differently.
     """
 
     channels_last: bool = False
     autocast: Literal["none", "bf16"] = "none"
     compile: bool = False
+    fused_optimizer: bool = True
 
 
 # Settings counted in epochs, with how far below `epochs` each must stay (MOON's warm-up ends

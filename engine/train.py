@@ -38,6 +38,9 @@ from engine.sparse_methods import DENSE
 from engine.sparsity import SparseMasks, drop_fraction_at
 from engine.voting import Voter, snapshot_steps
 
+# Devices with PyTorch's fused SGD kernel.
+FUSED_SGD_DEVICES = ("cpu", "cuda")
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run cannot continue."""
@@ -208,6 +211,9 @@ class Run:
             momentum=cfg.optim.momentum,
             nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
             weight_decay=cfg.optim.weight_decay,
+            # One kernel for every parameter instead of a few per tensor: a step's fixed cost
+            # is most of it on small models (bench/engine.py's unfused arm).
+            fused=cfg.runtime.fused_optimizer and self.device.type in FUSED_SGD_DEVICES,
         )
         self.steps_per_epoch = len(self.loader)
         total_steps = cfg.epochs * self.steps_per_epoch

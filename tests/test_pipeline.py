@@ -164,6 +164,27 @@ def test_bf16_channels_last_training_keeps_masked_weights_exactly_zero(small) ->
     assert abs(result.metrics["accuracy"] - float32_accuracy) < 0.05
 
 
+def test_fused_sgd_is_the_per_tensor_update_up_to_rounding(small) -> None:
+    """The fused SGD kernel (the default on CPU) against PyTorch's per-tensor loop: the same
+    RigL masks after every epoch, masked weights exactly zero, weights equal to rounding."""
+    common = ("epochs=4", "voting.epochs=1", "moon.warmup_epochs=1",
+              "sparsity.update_interval=2", "sparsity.end_fraction=1.0")
+    fused = Run(small(*common))
+    loop = Run(small(*common, "runtime.fused_optimizer=false"))
+    assert fused.optimizer.defaults["fused"] and not loop.optimizer.defaults["fused"]
+    moved = 0
+    while not fused.done:
+        moved += fused.train_epoch()["mask_moved"]
+        loop.train_epoch()
+        assert nonzero_within_mask(fused.model.named_parameters(), fused.masks)
+        for name, mask in fused.masks.state_dict().items():
+            assert torch.equal(mask, loop.masks.state_dict()[name]), name
+    assert moved > 0
+    for (name, a), (_, b) in zip(fused.model.state_dict().items(),
+                                 loop.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_resume_with_augmentation_equals_an_uninterrupted_run(small) -> None:
     overrides = ("model.name=cnn", "model.width=8", "epochs=4", "voting.epochs=1",
                  "moon.warmup_epochs=1", "data.augment=crop_flip")
