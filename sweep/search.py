@@ -41,7 +41,7 @@ from sweep.failures import (
 )
 from sweep.naming import read_adopted
 from sweep.racing import Limit, join_front, mean_figures, pooled_sd
-from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, arm_label
+from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, SpaceConstraint, arm_label
 from sweep.stats import number
 from sweep.stores import (
     adopt_searcher_trial,
@@ -198,11 +198,9 @@ class SweepSearcher(Searcher):
         per_config = {label: entry["seeds"] for label, entry in pool.items()}
         out = []
         for con in self.space.constraints:
-            if con.baseline is not None and con.baseline in self.failed_arms:
-                continue  # without a reference it cannot bind (as in `_tell`)
-            threshold = con.threshold(self.baseline_results)
-            if threshold is None:
-                continue
+            binds, threshold = self._threshold(con)
+            if not binds or threshold is None:
+                continue  # no limit until its threshold is known
             sd, df = pooled_sd(per_config, con.metric)
             out.append(
                 Limit(
@@ -246,11 +244,21 @@ class SweepSearcher(Searcher):
         if figures is not None and self._feasible(entry):
             join_front(self._front(key), label, figures, self.space.race_objectives())
 
+    def _threshold(self, con: SpaceConstraint) -> tuple[bool, float | None]:
+        """(binds, threshold): the one rule for what a constraint means now. One whose
+        baseline failed never binds (there is nothing to be within an offset of); one whose
+        baseline has not finished binds, with its threshold not known yet (None). What each
+        caller does with an unknown threshold is its own: not yet feasible as a racing
+        reference, no violation told to Optuna, no limit in a race."""
+        if con.baseline is not None and con.baseline in self.failed_arms:
+            return False, None
+        return True, con.threshold(self.baseline_results)
+
     def _feasible(self, entry: dict[str, Any]) -> bool:
         for con in self.space.constraints:
-            if con.baseline is not None and con.baseline in self.failed_arms:
-                continue  # without a reference it cannot bind (as in `_tell`)
-            threshold = con.threshold(self.baseline_results)
+            binds, threshold = self._threshold(con)
+            if not binds:
+                continue
             value = entry["values"].get(con.metric)
             if threshold is None or value is None or con.violation(value, threshold) > 0:
                 return False
@@ -395,12 +403,10 @@ class SweepSearcher(Searcher):
     def _tell(self, trial_id: str, result: dict) -> None:
         ot_trial = searcher_trial(self.optuna, trial_id)
         for con in self.space.constraints:
-            threshold = con.threshold(self.baseline_results)
+            binds, threshold = self._threshold(con)
             value = number(result.get(con.metric))
-            # Without a reference (its baseline failed) the constraint cannot bind.
-            violation = (
-                0.0 if threshold is None or value is None else con.violation(value, threshold)
-            )
+            known = binds and threshold is not None and value is not None
+            violation = con.violation(value, threshold) if known else 0.0
             ot_trial.set_constraint(con.label, violation)
         # On every trial told COMPLETE, always after the space's own: GPSampler reads the
         # constraints by position and refuses trials with a different number of them
