@@ -33,7 +33,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from engine.checkpoint import save_json
-from sweep.naming import ADOPTED_FILE, FINAL_DIR, read_adopted
+from sweep.naming import ADOPTED_FILE, FAILURE_TAG, FINAL_DIR, read_adopted
 from sweep.spaces import SearchSpace
 from sweep.state import SweepState, child_runs, load_run_json
 from sweep.stores import mlflow_client
@@ -97,7 +97,7 @@ def _ended_result(client: MlflowClient, run: Run, space: SearchSpace) -> dict[st
     if run.info.status == "FAILED":
         return {
             "fail_reason": run.data.tags.get("moonsweep.fail_reason", "failed"),
-            "failure": run.data.tags.get("moonsweep.failure", ""),
+            "failure": run.data.tags.get(FAILURE_TAG, ""),
             "epoch": int(run.data.metrics.get("epoch", 0)),
             "val_accuracy": math.nan,
         }

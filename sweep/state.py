@@ -34,7 +34,7 @@ from pydantic import BaseModel, PrivateAttr
 from engine.checkpoint import load_json, save_bytes
 from engine.config import ConfigError
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
-from sweep.naming import ARM_TAG, FINAL_DIR, LEVEL_TAG, engine_metrics
+from sweep.naming import ARM_TAG, FAILURE_TAG, FINAL_DIR, LEVEL_TAG, RACED_TAG, engine_metrics
 from sweep.spaces import KEY_METRICS, SEARCH_ARM
 from sweep.stores import load_study, mlflow_client
 
@@ -196,9 +196,9 @@ def read_rows(state: SweepState) -> list[TrialRow]:
             "level": float(tags[LEVEL_TAG]) if LEVEL_TAG in tags else None,
             "state": (
                 COLLAPSED
-                if tags.get("moonsweep.failure") == COLLAPSED
+                if tags.get(FAILURE_TAG) == COLLAPSED
                 else "raced"
-                if "moonsweep.raced_out" in tags
+                if RACED_TAG in tags
                 else RUN_STATES.get(run.info.status, run.info.status.lower())
             ),
             "optuna": int(tags.get("optuna.trial_number", "-1")),
@@ -207,7 +207,7 @@ def read_rows(state: SweepState) -> list[TrialRow]:
             **dict(metrics),
             "epochs": metrics.get("epoch"),
             "fail_reason": tags.get("moonsweep.fail_reason", ""),
-            "failure": tags.get("moonsweep.failure", ""),
+            "failure": tags.get(FAILURE_TAG, ""),
             # Where it ran (last): the host, and Ray's node id (short in the table).
             "host": tags.get("moonsweep.hostname", ""),
             "node_ip": tags.get("moonsweep.node_ip", ""),

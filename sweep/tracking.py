@@ -26,7 +26,16 @@ from ray import tune
 
 from engine.checkpoint import load_json
 from sweep.failures import RAY, failure_of, reason_of
-from sweep.naming import FINAL_DIR, VOTING_TAG, kept_voting, mlflow_metric, trial_name, trial_tags
+from sweep.naming import (
+    FAILURE_TAG,
+    FINAL_DIR,
+    RACED_TAG,
+    VOTING_TAG,
+    kept_voting,
+    mlflow_metric,
+    trial_name,
+    trial_tags,
+)
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.spool import Spool
 from sweep.state import PARENT_TAG
@@ -382,7 +391,7 @@ class MlflowTracking(tune.Callback):
         self._flush(0.0)
         # A failed trial's reason and kind; a collapsed one finishes with them as well.
         if failure_of(result):
-            self.client.set_tag(run_id, "moonsweep.failure", failure_of(result))
+            self.client.set_tag(run_id, FAILURE_TAG, failure_of(result))
         if reason_of(result):
             self.client.set_tag(run_id, "moonsweep.fail_reason", reason_of(result))
         if "fail_reason" in result:
@@ -410,7 +419,7 @@ class MlflowTracking(tune.Callback):
             if result.get("raced_out"):
                 # Raced out after its first seeds (sweep/racing.py): an estimate, never a
                 # candidate; KILLED like a trial stopped early, tagged with the reference.
-                self.client.set_tag(run_id, "moonsweep.raced_out", str(result.get("raced_by")))
+                self.client.set_tag(run_id, RACED_TAG, str(result.get("raced_by")))
                 self.client.set_terminated(run_id, "KILLED")
                 return
             self.client.set_terminated(run_id, "FINISHED")
@@ -429,5 +438,5 @@ class MlflowTracking(tune.Callback):
             return
         self._flush(0.0)
         self.client.set_tag(run_id, "moonsweep.fail_reason", reason)
-        self.client.set_tag(run_id, "moonsweep.failure", RAY)
+        self.client.set_tag(run_id, FAILURE_TAG, RAY)
         self.client.set_terminated(run_id, "FAILED")

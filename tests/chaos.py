@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sweep.naming import RACED_TAG
+
 # A small sweep: one baseline and a few searched trials, 4 epochs, a report (and a
 # checkpoint) after every epoch, one trial at a time so kills land where they are aimed.
 SPACE = """
@@ -200,7 +202,7 @@ def ended_as_it_should(run: Any) -> bool:
     """An MLflow run that ended as a trial should: FINISHED, or KILLED by seed racing (a
     raced-out trial's end, tagged `moonsweep.raced_out`; docs/search-spaces.md)."""
     status = run.info.status
-    return status == "FINISHED" or (status == "KILLED" and "moonsweep.raced_out" in run.data.tags)
+    return status == "FINISHED" or (status == "KILLED" and RACED_TAG in run.data.tags)
 
 
 def audit(workdir: Path, name: str, before: dict[str, dict[str, Any]], expected: int) -> dict:
