@@ -62,6 +62,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from sweep.stats import number
+
 # seed -> metric -> value, for one trial or reference
 PerSeed = Mapping[int, Mapping[str, float]]
 
@@ -127,11 +129,8 @@ def pooled_sd(configs: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
     >>> pooled_sd({"a": {0: {"m": 1.0}, 1: {"m": 3.0}}, "b": {0: {"m": 5.0}, 1: {"m": 5.0}}}, "m")
     (1.0, 2)
     """
-    return _pooled(
-        [float(x) for x in values]
-        for values in ([v.get(metric) for v in c.values()] for c in configs.values())
-        if not any(x is None or not math.isfinite(x) for x in values)
-    )
+    samples = ([number(v.get(metric)) for v in c.values()] for c in configs.values())
+    return _pooled(values for values in samples if None not in values)
 
 
 def _below_zero(d: list[float], sd: float, df: int, level: float) -> bool | None:
@@ -149,11 +148,11 @@ def _limit_test(trial: PerSeed, limit: Limit) -> tuple[list[float], float, int] 
     """(margins to the limit on `trial`'s seeds, met = positive; the pooled sd and df, or NaN
     and 0 without them), or None when it cannot be judged: a race seed without a finite
     value, or one seed and no pooled spread."""
-    values = [v.get(limit.metric) for v in trial.values()]
-    if not values or any(x is None or not math.isfinite(x) for x in values):
+    values = [number(v.get(limit.metric)) for v in trial.values()]
+    if not values or None in values:
         return None
     sign = 1.0 if limit.op in (">=", ">") else -1.0
-    margins = [sign * (float(x) - limit.threshold) for x in values]
+    margins = [sign * (x - limit.threshold) for x in values]
     if limit.df and limit.sd is not None and math.isfinite(limit.sd):
         return margins, limit.sd, limit.df
     return (margins, math.nan, 0) if len(margins) >= 2 else None
