@@ -239,13 +239,13 @@ def status(
     if as_json:
         out = {
             "name": name,
-            "status": state.status,
+            "status": state.current_status(),
             "trials": rows,
             "levels": [lv.as_dict() for lv in levels],
         }
         typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(f"sweep {name}: {state.status}, {len(rows)} trials, folder {folder}")
+    typer.echo(f"sweep {name}: {state.current_status()}, {len(rows)} trials, folder {folder}")
     # Short headers for the params; the requested density is not the achieved `density`.
     params = {
         "sparsity.method": "method",

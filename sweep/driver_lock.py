@@ -7,6 +7,9 @@ driver that is SIGKILLed or loses its machine's process releases it at once, and
 after a kill never waits. Ray's own processes do not inherit it (Python opens files
 non-inheritable).
 
+A killed driver cannot record that it stopped, so its sweep.json still says `running`;
+`driver_holds` tells whether a driver is in fact there (`status` then says `interrupted`).
+
 Example:
     >>> import tempfile
     >>> from pathlib import Path
@@ -18,6 +21,8 @@ Example:
     ...     except ConfigError as exc:
     ...         print(str(exc).split(" (")[0])
     sweep demo is being run by another driver
+    >>> driver_holds(folder)  # the driver above has ended
+    False
 """
 
 from __future__ import annotations
@@ -65,3 +70,24 @@ def driver_lock(folder: Path, name: str) -> Iterator[None]:
         yield
     finally:
         handle.close()  # closing the file releases the lock
+
+
+def driver_holds(folder: Path) -> bool | None:
+    """Whether a driver holds the sweep's lock at this moment; None where the file system
+    has no locks (nothing can be told).
+
+    It asks with a shared lock, released at once: a `resume` starting in that very
+    instant is refused (exit 2) as if a driver ran, and can simply be run again.
+    """
+    try:
+        handle = open(folder / LOCK_FILE)  # noqa: SIM115 (closed below: that releases it)
+    except FileNotFoundError:
+        return False  # no driver has ever run it
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        return False

@@ -105,7 +105,7 @@ def summarize(g: Gathered, reference: list[float] | None) -> dict[str, Any]:
         trial_states[row["state"]] = trial_states.get(row["state"], 0) + 1
     return {
         "name": state.name,
-        "status": state.status,
+        "status": state.current_status(),
         "space": state.space_source,
         "tracking_uri": mask_url(state.tracking_uri),  # reports get shared: no credentials
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),

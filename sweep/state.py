@@ -33,6 +33,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from engine.checkpoint import load_json, save_bytes
 from engine.config import ConfigError
+from sweep.driver_lock import driver_holds
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
 from sweep.naming import ARM_TAG, FAILURE_TAG, FINAL_DIR, LEVEL_TAG, RACED_TAG, engine_metrics
 from sweep.spaces import KEY_METRICS, SEARCH_ARM
@@ -74,6 +75,14 @@ class SweepState(BaseModel):
     # `--set` items as given (already part of `space["set"]`, which resume uses).
     settings: list[str] = []
     _folder: Path | None = PrivateAttr(default=None)  # where load_state found it
+
+    def current_status(self) -> str:
+        """`status` as recorded, except that a `running` sweep no driver runs reads
+        `interrupted`: a driver killed outright (SIGKILL, a lost machine) could not record
+        that it stopped. `moonsweep resume` continues it either way."""
+        if self.status == "running" and self._folder and driver_holds(self._folder) is False:
+            return "interrupted"
+        return self.status
 
 
 # One trial as `trial_rows` gives it; with `all_metrics` every final metric is a key too.

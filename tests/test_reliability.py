@@ -192,9 +192,17 @@ def test_resume_while_the_driver_still_runs_is_refused_then_works_after_a_kill(
         assert f"pid {driver.pid} on " in line and "moonsweep resume b" in line
         assert (workdir / "b" / "sweep.json").read_bytes() == state  # untouched
         assert driver.poll() is None  # the first driver runs on
+        running = run_cli("status", "b", "--workdir", workdir, "--json")
+        assert json.loads(running.stdout)["status"] == "running", running.stderr[-3000:]
         before = finished_trials(workdir, "b")
     finally:
         stop_group(driver)
+    # The killed driver could not record its end; status asks the lock instead.
+    assert json.loads((workdir / "b" / "sweep.json").read_text())["status"] == "running"
+    killed = run_cli("status", "b", "--workdir", workdir, "--json")
+    assert json.loads(killed.stdout)["status"] == "interrupted", killed.stderr[-3000:]
+    table = run_cli("status", "b", "--workdir", workdir)
+    assert table.stdout.startswith("sweep b: interrupted, "), table.stdout[:300]
     resumed = run_cli("resume", "b", "--workdir", workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_clean(audit(workdir, "b", before, expected=3), runs=3)

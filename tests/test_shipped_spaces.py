@@ -82,6 +82,9 @@ def test_shipped_space_end_to_end(name: str, tmp_path: Path, data_env: dict[str,
     expected = TRIALS + len(shipped.baseline_trials())
     assert 1 <= len(before) < expected
     assert state_of(workdir, "s")["status"] == "running"  # killed: nobody said otherwise
+    killed = run_cli("status", "s", "--workdir", workdir, "--json", env=data_env)
+    assert killed.returncode == 0, killed.stderr[-2000:]
+    assert json.loads(killed.stdout)["status"] == "interrupted"  # no driver holds its lock
 
     resumed = run_cli("resume", "s", "--workdir", workdir, env=data_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
