@@ -19,7 +19,10 @@ was then, not with the old space on today's faster code.
 
 Trial time is Ray's `time_total_s` of each trial (its function running: data, training of
 every seed, evaluation, reports, checkpoints). Everything else (Ray scheduling, actor
-start, the searcher, MLflow logging, the experiment checkpoints) is overhead.
+start, the searcher, MLflow logging, the experiment checkpoints) is overhead. A second
+table says where it is (`phases`): the start to the first trial's start (Ray's start, the
+stores, the workers' first imports), the trials in flight against the ideal (gaps between
+trials, the last one running alone), and the last trial's end to the sweep's.
 
 Run (from the repository root):
     .venv/bin/python bench/sweep.py                         # the default sweep
@@ -42,6 +45,7 @@ sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resol
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -79,17 +83,18 @@ import json, sys, time
 from sweep.orchestrator import SweepOptions, init_ray, start_sweep
 space, name, workdir, trials, epochs, concurrent = sys.argv[1:7]
 number = lambda v: int(v) if v else None
-started = time.perf_counter()
+started, started_at = time.perf_counter(), time.time()
 init_ray(None)
 ray_start = time.perf_counter() - started
 summary = start_sweep(SweepOptions(space=space, name=name, workdir=workdir,
     trials=number(trials), epochs=number(epochs), max_concurrent=number(concurrent)))
-print(json.dumps({**summary, "wall_s": time.perf_counter() - started, "ray_start_s": ray_start}))
+print(json.dumps({**summary, "wall_s": time.perf_counter() - started, "ray_start_s": ray_start,
+                  "started_at": started_at}))
 """
 
 
 def _sweep_here(space: str, name: str, workdir: Path, args: argparse.Namespace) -> dict:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     try:
         # Ray starts inside, as in `moonsweep run` (beside the stores' set-up).
         summary = start_sweep(
@@ -104,7 +109,7 @@ def _sweep_here(space: str, name: str, workdir: Path, args: argparse.Namespace) 
         )
     finally:
         ray.shutdown()  # the next sweep starts its own Ray, as a user's next run would
-    return {**summary, "wall_s": time.perf_counter() - started}
+    return {**summary, "wall_s": time.perf_counter() - started, "started_at": started_at}
 
 
 def _sweep_on(code: Path, space: str, name: str, workdir: Path, args: argparse.Namespace) -> dict:
@@ -149,6 +154,7 @@ def run_one(
         concurrency = state["space"]["budget"]["max_concurrent"]
         trials = ExperimentAnalysis(str(folder / "ray")).trials
         trial_times = [float((t.last_result or {}).get("time_total_s", 0.0)) for t in trials]
+        split = phases(trials, float(summary["started_at"]), wall)
         searched_times = [
             s for t, s in zip(trials, trial_times, strict=True) if t.config.get("arm") == SEARCH_ARM
         ]
@@ -175,7 +181,27 @@ def run_one(
         "ideal_s": ideal,
         "overhead": wall / ideal,
         "overhead_after_start": (wall - ray_start) / ideal,
+        **split,
+        "in_flight_ratio": split["in_flight_s"] / ideal,
         "records": records,
+    }
+
+
+def phases(trials: list[Any], started_at: float, wall: float) -> dict[str, float]:
+    """Where a sweep's wall time goes, from Ray's record of each trial (clock times): from
+    the start to the first trial's start (Ray's start, the stores, the workers' imports),
+    from there to the last trial's last result (`in_flight_s`: trials, the gaps between
+    them, the last one running alone), and from there to the end (reconcile, the per-level
+    comparisons, the final writes)."""
+    starts = [t.run_metadata.start_time for t in trials if t.run_metadata.start_time]
+    ends = [t.run_metadata.last_result_time for t in trials if t.run_metadata.last_result_time]
+    if not starts or not ends:
+        return {"to_first_trial_s": math.nan, "in_flight_s": math.nan, "after_last_s": math.nan}
+    first, last = min(starts), max(ends)
+    return {
+        "to_first_trial_s": first - started_at,
+        "in_flight_s": last - first,
+        "after_last_s": started_at + wall - last,
     }
 
 
@@ -194,6 +220,18 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
             f"| {r['ray_start_s']:.1f} | {r['sum_trial_s']:.1f} ({r['baseline_trial_s']:.1f} "
             f"+ {r['searched_trial_s']:.1f}) | {r['concurrency']} "
             f"| {r['ideal_s']:.1f} | {r['overhead']:.2f} | {r['overhead_after_start']:.2f} |"
+        )
+    print(
+        "\nwhere the overhead is (seconds of wall): start to the first trial (Ray's start in "
+        "it), the trials in flight (against the ideal), the last trial's end to the end"
+    )
+    print("| # | to first trial (Ray start) | in flight / ideal | after last trial |")
+    print("|---:|---:|---:|---:|")
+    for i, r in enumerate(runs):
+        print(
+            f"| {i} | {r['to_first_trial_s']:.1f} ({r['ray_start_s']:.1f}) "
+            f"| {r['in_flight_s']:.1f} / {r['ideal_s']:.1f} = {r['in_flight_ratio']:.2f} "
+            f"| {r['after_last_s']:.1f} |"
         )
 
 
