@@ -57,6 +57,12 @@ class _Commands(TyperGroup):
             fail(str(exc))
         except _EXITS:
             raise
+        except BrokenPipeError:
+            # The reader left (`moonsweep status NAME | head`): nothing to report. Later
+            # writes, the interpreter's last flush included, go nowhere (Python's docs on
+            # SIGPIPE).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as exc:  # noqa: BLE001  (the one place that turns a crash into a line)
             report = write_crash_report(exc, sys.argv)
             typer.echo(

@@ -175,6 +175,24 @@ def test_status_table_and_json(nan_sweep) -> None:
     assert len(table.stdout.strip().splitlines()) == 2 + 7
 
 
+def test_status_into_a_closed_pipe_ends_without_a_crash_report(nan_sweep) -> None:
+    # `moonsweep status t | head -1`: the reader is gone before the table is written.
+    workdir, _ = nan_sweep
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "wb") as gone:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sweep.cli", "status", "t", "--workdir", str(workdir)],
+            stdout=gone,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == ""
+    assert not list(workdir.rglob("crash-*.log"))
+
+
 def test_replay_gives_the_same_metrics(nan_sweep) -> None:
     workdir, _ = nan_sweep
     state, runs = children(workdir, "t")
