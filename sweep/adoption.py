@@ -33,7 +33,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from engine.checkpoint import save_json
-from sweep.naming import ADOPTED_FILE, FAILURE_TAG, FINAL_DIR, read_adopted
+from sweep.naming import ADOPTED_FILE, FAIL_REASON_TAG, FAILURE_TAG, FINAL_DIR, read_adopted
 from sweep.spaces import SearchSpace
 from sweep.state import SweepState, child_runs, load_run_json
 from sweep.stores import mlflow_client
@@ -96,7 +96,7 @@ def _ended_result(client: MlflowClient, run: Run, space: SearchSpace) -> dict[st
         return reported(load_run_json(client, run.info.run_id, f"{FINAL_DIR}/metrics.json"), space)
     if run.info.status == "FAILED":
         return {
-            "fail_reason": run.data.tags.get("moonsweep.fail_reason", "failed"),
+            "fail_reason": run.data.tags.get(FAIL_REASON_TAG, "failed"),
             "failure": run.data.tags.get(FAILURE_TAG, ""),
             "epoch": int(run.data.metrics.get("epoch", 0)),
             "val_accuracy": math.nan,

@@ -63,6 +63,7 @@ METHOD_TAG = "moonsweep.method"
 MOON_TAG = "moonsweep.moon"
 VOTING_TAG = "moonsweep.voting"
 FAILURE_TAG = "moonsweep.failure"  # why it failed: sweep.failures' kinds
+FAIL_REASON_TAG = "moonsweep.fail_reason"  # what it failed on, in words
 RACED_TAG = "moonsweep.raced_out"  # raced out by seed racing; the value says by what
 FINAL_DIR = "final"  # a finished trial's artifacts: metrics and one model per seed
 # In a sweep's folder: trials that ended after Ray's last save, kept on resume (sweep.adoption).

@@ -35,7 +35,15 @@ from engine.checkpoint import load_json, save_bytes
 from engine.config import ConfigError
 from sweep.driver_lock import driver_holds
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
-from sweep.naming import ARM_TAG, FAILURE_TAG, FINAL_DIR, LEVEL_TAG, RACED_TAG, engine_metrics
+from sweep.naming import (
+    ARM_TAG,
+    FAIL_REASON_TAG,
+    FAILURE_TAG,
+    FINAL_DIR,
+    LEVEL_TAG,
+    RACED_TAG,
+    engine_metrics,
+)
 from sweep.spaces import KEY_METRICS, SEARCH_ARM
 from sweep.stores import load_study, mlflow_client
 
@@ -215,7 +223,7 @@ def read_rows(state: SweepState) -> list[TrialRow]:
             **{k: metrics.get(k) for k in KEY_METRICS},
             **dict(metrics),
             "epochs": metrics.get("epoch"),
-            "fail_reason": tags.get("moonsweep.fail_reason", ""),
+            "fail_reason": tags.get(FAIL_REASON_TAG, ""),
             "failure": tags.get(FAILURE_TAG, ""),
             # Where it ran (last): the host, and Ray's node id (short in the table).
             "host": tags.get("moonsweep.hostname", ""),

@@ -27,6 +27,7 @@ from ray import tune
 from engine.checkpoint import load_json
 from sweep.failures import RAY, failure_of, reason_of
 from sweep.naming import (
+    FAIL_REASON_TAG,
     FAILURE_TAG,
     FINAL_DIR,
     RACED_TAG,
@@ -393,7 +394,7 @@ class MlflowTracking(tune.Callback):
         if failure_of(result):
             self.client.set_tag(run_id, FAILURE_TAG, failure_of(result))
         if reason_of(result):
-            self.client.set_tag(run_id, "moonsweep.fail_reason", reason_of(result))
+            self.client.set_tag(run_id, FAIL_REASON_TAG, reason_of(result))
         if "fail_reason" in result:
             self.client.set_terminated(run_id, "FAILED")
         elif result.get("final") == 1:
@@ -437,6 +438,6 @@ class MlflowTracking(tune.Callback):
         if run_id in self.closed:
             return
         self._flush(0.0)
-        self.client.set_tag(run_id, "moonsweep.fail_reason", reason)
+        self.client.set_tag(run_id, FAIL_REASON_TAG, reason)
         self.client.set_tag(run_id, FAILURE_TAG, RAY)
         self.client.set_terminated(run_id, "FAILED")
