@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 SMALL_SET = """
 base: default
@@ -39,13 +40,16 @@ def moonsweep(
     timeout: int = 400,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    stdout: IO[bytes] | int = subprocess.PIPE,
 ) -> subprocess.CompletedProcess:
-    """`python -m sweep.cli ARGS` with one thread per process; `env` adds variables."""
+    """`python -m sweep.cli ARGS` with one thread per process; `env` adds variables;
+    `stdout` is where its output goes (default: captured, as its stderr always is)."""
     full = {k: v for k, v in os.environ.items() if k not in _AMBIENT}
     full.update(OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "sweep.cli", *args],
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         env=full,

@@ -181,13 +181,7 @@ def test_status_into_a_closed_pipe_ends_without_a_crash_report(nan_sweep) -> Non
     read, write = os.pipe()
     os.close(read)
     with os.fdopen(write, "wb") as gone:
-        proc = subprocess.run(
-            [sys.executable, "-m", "sweep.cli", "status", "t", "--workdir", str(workdir)],
-            stdout=gone,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=300,
-        )
+        proc = moonsweep("status", "t", "--workdir", str(workdir), stdout=gone)
     assert proc.returncode == 1
     assert proc.stderr == ""
     assert not list(workdir.rglob("crash-*.log"))
