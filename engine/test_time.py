@@ -1,13 +1,15 @@
 """Test-time settings: chosen after one training, on the validation parts.
 
-The voting mode (how the last epochs' snapshots are folded, MOON.md section 3), the OOD
-score and DICE's percentile (section 6) change nothing in training, so one training gives
-every combination of a grid. `variants` evaluates them all from one `Run`, on the validation
-parts only; `pick` chooses one by a rule on those figures, the same way wherever it runs (a
-sweep's trial, `moonsweep replay`), and `complete` evaluates the test parts of the one kept.
-So the test parts are never looked at for a choice, and a trial evaluates them once per seed
-instead of once per variant. A completed variant's figures equal those of a training with
-its settings (tests/test_test_time.py).
+The voting mode (how the last epochs' snapshots are folded; docs/method.md), the
+OOD score and DICE's percentile change nothing in training, so one training gives
+every combination of a grid. `variants` evaluates them all from one `Run` (the network's
+outputs once per voting mode, every score and percentile from them); `pick` chooses one by a
+rule on the validation figures only, the same way wherever it runs (a sweep's trial, an arm,
+`moonsweep replay`). Every variant keeps its test figures too, so that a comparison can put
+two trainings side by side at one shared setting (sweep/levels.py); they never take part in
+a choice. A variant's figures equal those of a training with its settings
+(tests/test_test_time.py); `variant_figures` is the compact per-seed record a sweep keeps
+of each.
 
 Example:
     >>> grid = TestTime.model_validate(
@@ -22,13 +24,13 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.config import ScoreName, TrainConfig, apply_overrides, format_value, validate_config
-from engine.evaluate import evaluate, evaluation
+from engine.evaluate import evaluation
 from engine.train import Run, TrainResult
 from engine.voting import VOTING_MODES
 
@@ -111,14 +113,33 @@ class Variant:
         return validate_config(data)
 
 
-def variant_name(cfg: TrainConfig) -> str:
-    """The name of the variant a config is (as `Variant.name`): `predictions/dice@70`."""
+def variant_of(cfg: TrainConfig) -> Variant:
+    """The variant a config is: its voting mode (None when off), primary score, percentile."""
     return Variant(
         None if cfg.voting.mode == "off" else cfg.voting.mode,
         cfg.eval.primary,
         cfg.eval.dice_percentile,
         dice=cfg.eval.primary == "dice",
-    ).name
+    )
+
+
+def variant_name(cfg: TrainConfig) -> str:
+    """The name of the variant a config is (as `Variant.name`): `predictions/dice@70`."""
+    return variant_of(cfg).name
+
+
+def kept_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The test-time settings a config was evaluated with, those that apply only: no voting
+    mode without voting, no DICE percentile for another score.
+
+    >>> from engine.config import load_config
+    >>> kept_settings(load_config("default", ["eval.primary=max_logit"]))
+    {'eval.primary': 'max_logit', 'voting.mode': 'weights'}
+    """
+    settings = variant_of(cfg).settings()
+    if cfg.eval.primary != "dice":
+        del settings["eval.dice_percentile"]
+    return settings
 
 
 def collected_modes(cfg: TrainConfig, test_time: TestTime | None) -> tuple[str, ...] | None:
@@ -129,8 +150,8 @@ def collected_modes(cfg: TrainConfig, test_time: TestTime | None) -> tuple[str, 
 
 
 def variants(run: Run, test_time: TestTime) -> list[TrainResult]:
-    """Every variant of a finished run, in grid order, with its validation figures (and
-    density); each result's config is the variant's. `complete` adds the test figures.
+    """Every variant of a finished run, in grid order, with every figure (test, validation,
+    density: those of a training with its settings); each result's config is the variant's.
 
     The models are folded once per voting mode and their outputs computed once per mode for
     every score and DICE percentile.
@@ -142,7 +163,7 @@ def variants(run: Run, test_time: TestTime) -> list[TrainResult]:
     for mode in dict.fromkeys(v.voting_mode for v in grid):
         models = run.final_models(mode)
         figures = evaluation(
-            models, run.suite, cfg, run.masks, parts=("val",), dice_percentiles=percentiles
+            models, run.suite, cfg, run.masks, dice_percentiles=percentiles
         )
         for variant in (v for v in grid if v.voting_mode == mode):
             metrics = figures.metrics(variant.score, variant.dice_percentile)
@@ -152,13 +173,16 @@ def variants(run: Run, test_time: TestTime) -> list[TrainResult]:
     return results
 
 
-def complete(variant: TrainResult) -> TrainResult:
-    """A variant from `variants` with every figure, test parts included: exactly those of a
-    training with its settings (in the same order: test, validation, density)."""
-    test = evaluate(variant.models, variant.suite, variant.config, variant.masks, parts=("test",))
-    # Only the test parts are new: the validation figures and density are the variant's.
-    metrics = {**{k: v for k, v in test.items() if k not in variant.metrics}, **variant.metrics}
-    return replace(variant, metrics=metrics)
+def variant_figures(metrics: dict[str, float]) -> dict[str, float]:
+    """The figures of one variant a sweep keeps per seed: those of its own score (test and
+    validation, group means and not per OOD set), its classification figures and density;
+    the other scores' copies and per-layer densities are left out (they are other variants').
+
+    >>> variant_figures({"auroc_near": 0.9, "energy/auroc_near": 0.8, "val/ece": 0.1,
+    ...                  "auroc/photos": 0.7, "density": 0.05, "density/head.weight": 0.2})
+    {'auroc_near': 0.9, 'val/ece': 0.1, 'density': 0.05}
+    """
+    return {k: v for k, v in metrics.items() if "/" not in k.removeprefix("val/")}
 
 
 def pick(means: list[dict[str, float]], rule: PickRule) -> int:

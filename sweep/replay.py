@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from engine.config import ConfigError, validate_config
-from engine.test_time import TestTime, collected_modes, complete, pick, variant_name, variants
+from engine.test_time import TestTime, collected_modes, pick, variant_name, variants
 from engine.train import Run, TrainResult, train
 from sweep.naming import engine_metrics
 from sweep.spaces import SEARCH_ARM
@@ -85,7 +85,7 @@ def retrain_trial(
         else:
             chosen = names.index(kept)
     kept_name = names[chosen] if test_time is not None else None
-    results = [seed[chosen] if test_time is None else complete(seed[chosen]) for seed in per_seed]
+    results = [seed[chosen] for seed in per_seed]
     return kept_name, [dict(r.metrics) for r in results]
 
 

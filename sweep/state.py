@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -33,6 +34,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from engine.checkpoint import load_json, save_bytes
 from engine.config import ConfigError
+from engine.test_time import variant_figures
 from sweep.driver_lock import driver_holds
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
 from sweep.naming import (
@@ -287,16 +289,57 @@ def load_run_json(client: MlflowClient, run_id: str, path: str) -> dict[str, Any
             return json.load(handle)
 
 
-def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
-    """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
-    # One lookup of the run for all its seeds' files (the client's download looks the run
-    # up twice per file: most of the time at the end of a sweep).
+@dataclass
+class SeedRecords:
+    """What a trial logged per seed: its final figures (at the test-time variant it kept)
+    and, where it evaluated a test-time grid, every variant's figures.
+
+    `variants[seed][name]` holds `engine.test_time.variant_figures` of each variant;
+    `picked` names the kept one, `published` the one its config names (for an arm, the
+    setting as published). A trial recorded without them has its kept figures as its one
+    variant, named `picked` ("as recorded" when nothing names it).
+    """
+
+    metrics: dict[int, dict[str, float]]
+    picked: str
+    published: str
+    variants: dict[int, dict[str, dict[str, float]]]
+
+
+RECORDED = "as recorded"  # the variant name of a trial that logged no test-time grid
+
+
+def seed_records(state: SweepState, run_id: str) -> SeedRecords:
+    """The per-seed files a trial logged (`final/metrics-seed<s>.json` and, with a
+    test-time grid, `final/variants-seed<s>.json`), for the seeds it trained."""
+    # One lookup of the run and one listing for all its files (the client's download looks
+    # the run up twice per file: most of the time at the end of a sweep).
     uri = mlflow_client(state.tracking_uri).get_run(run_id).info.artifact_uri
     repository = get_artifact_repository(uri)
-    out = {}
+    present = {Path(f.path).name for f in repository.list_artifacts(FINAL_DIR)}
+    metrics: dict[int, dict[str, float]] = {}
+    variants: dict[int, dict[str, dict[str, float]]] = {}
+    picked = published = ""
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in state.space["seeds"]:
-            path = f"{FINAL_DIR}/metrics-seed{seed}.json"
-            with open(repository.download_artifacts(path, tmp)) as handle:
-                out[int(seed)] = json.load(handle)
-    return out
+
+        def read(name: str) -> Any:
+            with open(repository.download_artifacts(f"{FINAL_DIR}/{name}", tmp)) as handle:
+                return json.load(handle)
+
+        for seed in (int(s) for s in state.space["seeds"]):
+            if f"metrics-seed{seed}.json" not in present:
+                continue  # raced out before this seed
+            metrics[seed] = read(f"metrics-seed{seed}.json")
+            if f"variants-seed{seed}.json" in present:
+                record = read(f"variants-seed{seed}.json")
+                picked, published = record["picked"], record["published"]
+                variants[seed] = record["variants"]
+    if not variants:
+        picked = published = RECORDED
+        variants = {s: {RECORDED: variant_figures(m)} for s, m in metrics.items()}
+    return SeedRecords(metrics, picked, published, variants)
+
+
+def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
+    """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
+    return seed_records(state, run_id).metrics

@@ -13,6 +13,8 @@ Example:
     ([0], [0.25])
     >>> number(float("nan")), number(True), number(3)
     (None, None, 3.0)
+    >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
+    [0.03, 0.06, 0.06]
 """
 
 from __future__ import annotations
@@ -125,3 +127,77 @@ def arm_table(
                 m: t_interval([chosen[s][m] - seeds[s][m] for s in shared]) for m in metrics
             }
     return table, deltas
+
+
+@dataclass
+class Paired(Interval):
+    """A paired (same seed) difference: its mean and 95% t-interval, the two-sided p-values
+    of a paired t-test and (with 5 seeds or more) of Wilcoxon's signed-rank test, and the
+    t-test's p-value after Holm's correction over the comparisons of its table (`holm`).
+
+    A difference that is the same on every seed has no spread: no interval (NaN bounds), no
+    p-value and never a star, whatever its size (a dense arm against itself, a score
+    compared with itself).
+    """
+
+    p_t: float | None = None
+    p_wilcoxon: float | None = None
+    p_holm: float | None = None
+    family: int = 0  # how many comparisons Holm's correction ran over
+
+    @property
+    def spread(self) -> bool:
+        return self.n >= 2 and self.p_t is not None
+
+    @property
+    def shown(self) -> bool:
+        """Shown to differ from 0: Holm's adjusted p below 1 - CONFIDENCE."""
+        return self.p_holm is not None and self.p_holm < 1 - CONFIDENCE
+
+    def as_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            **super().as_dict(),
+            "p_t": self.p_t,
+            "p_wilcoxon": self.p_wilcoxon,
+            "p_holm": self.p_holm,
+            "holm_family": self.family,
+            "shown": self.shown,
+        }
+
+
+def paired_test(diffs: Sequence[float], confidence: float = CONFIDENCE) -> Paired:
+    """`diffs` (one per seed) as a `Paired` difference; `p_holm` is set by `holm` later.
+
+    >>> d = paired_test([0.1, 0.2, 0.3])
+    >>> round(d.mean, 3), round(d.p_t, 4), d.p_wilcoxon
+    (0.2, 0.0742, None)
+    >>> paired_test([0.1, 0.1, 0.1]).spread, math.isnan(paired_test([0.1, 0.1]).low)
+    (False, True)
+    """
+    data = np.asarray(diffs, dtype=float)
+    mean, n = float(data.mean()), int(data.size)
+    if n < 2 or float(np.ptp(data)) == 0.0:
+        return Paired(mean, math.nan, math.nan, n)
+    interval = t_interval(data, confidence)
+    p_t = float(stats.ttest_1samp(data, 0.0).pvalue)
+    p_w = float(stats.wilcoxon(data).pvalue) if n >= 5 and np.any(data != 0) else None
+    return Paired(interval.mean, interval.low, interval.high, n, p_t, p_w)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given): the k-th smallest of m is
+    multiplied by m - k + 1, made non-decreasing, capped at 1."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted = [0.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def correct(family: Sequence[Paired]) -> None:
+    """Set `p_holm` (and `family`) of every comparison of one table that has a p-value."""
+    tested = [d for d in family if d.p_t is not None]
+    for d, adjusted in zip(tested, holm([d.p_t for d in tested]), strict=True):  # type: ignore[misc]
+        d.p_holm, d.family = adjusted, len(tested)

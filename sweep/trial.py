@@ -32,7 +32,7 @@ import math
 import posixpath
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,15 @@ from engine.checkpoint import (
     save_json,
 )
 from engine.data import load_suite
-from engine.test_time import TestTime, collected_modes, complete, pick, variant_name, variants
+from engine.test_time import (
+    TestTime,
+    collected_modes,
+    kept_settings,
+    pick,
+    variant_figures,
+    variant_name,
+    variants,
+)
 from engine.train import Run, TrainingFailed, TrainResult
 from sweep.cluster import is_uri, node_placement
 from sweep.failures import chance_accuracy, collapse, failure_kind
@@ -171,6 +179,8 @@ def final_results(directory: Path) -> dict[str, Any] | None:
             load_checkpoint(folder / f"model-seed{seed}.pt")
         if "test_time_pick" in final:
             load_json(folder / "variants.json")
+            for seed in json.loads(final["seed_values"]):
+                load_json(folder / f"variants-seed{seed}.json")
     except (OSError, ValueError, KeyError, CheckpointError):
         return None
     return final
@@ -278,6 +288,15 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 save_json(out / f"metrics-seed{seed}.json", result.metrics)
             if finished.variants:
                 save_json(out / "variants.json", finished.variants)
+                for seed, figures in finished.seed_variants.items():
+                    save_json(
+                        out / f"variants-seed{seed}.json",
+                        {
+                            "picked": final["test_time_pick"],
+                            "published": final["test_time_published"],
+                            "variants": figures,
+                        },
+                    )
             tune.report(reported(final, space), checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:  # failures are data: record why, let the sweep go on
         epoch = exc.epoch if isinstance(exc, TrainingFailed) else 0
@@ -296,6 +315,9 @@ class Finished:
     metrics: dict[str, Any]
     results: list[TrainResult]
     variants: list[dict[str, Any]] | None = None
+    # seed -> variant name -> its figures (`variant_figures`): what comparisons at one shared
+    # test-time setting read (`final/variants-seed<s>.json`).
+    seed_variants: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def _train(
@@ -326,8 +348,9 @@ def _train(
         for group in groups:
             if group is groups[-1] and len(groups) == 2 and not group[0].epoch:
                 raced = _race(
-                    groups[0], space, test_time, reporter.history, evaluated, references, limits
-                )
+                    groups[0], space, test_time, reporter.history, evaluated, references, limits,
+                    config.get("spread"),  # absent in a config from before it: None
+                )  # fmt: skip
                 if raced is not None:
                     return raced
             reporter.train(group, runs)
@@ -390,12 +413,13 @@ def _finish(
     history: list[dict[str, float]],
     evaluated: dict[int, list[TrainResult]],
 ) -> Finished:
-    """Fold the votes and evaluate every seed: every test-time variant on the validation
-    parts, then the pick on every part.
+    """Fold the votes and evaluate every seed in every test-time variant; keep the one the
+    rule picks on the validation figures.
 
     `evaluated` keeps each seed's variants (by seed), so race seeds are evaluated once.
-    The variants' table has the validation figures of each, and every figure of the pick.
+    The variants' table has each variant's means over seeds; `seed_variants` each seed's.
     """
+    seed_variants: dict[int, dict[str, dict[str, float]]] = {}
     if test_time is None:
         results = [run.finish() for run in runs]
         table = None
@@ -406,12 +430,16 @@ def _finish(
         per_seed = [evaluated[run.cfg.seed] for run in runs]
         means = [aggregate([seed[i].metrics for seed in per_seed]) for i in range(len(per_seed[0]))]
         chosen = pick(means, test_time.pick)
-        results = [complete(seed[chosen]) for seed in per_seed]
-        means[chosen] = aggregate([r.metrics for r in results])
+        results = [seed[chosen] for seed in per_seed]
+        names = [variant_name(v.config) for v in per_seed[0]]
         table = [
-            {"variant": variant_name(per_seed[0][i].config), "picked": i == chosen, **figures}
+            {"variant": names[i], "picked": i == chosen, **variant_figures(figures)}
             for i, figures in enumerate(means)
         ]
+        seed_variants = {
+            run.cfg.seed: {n: variant_figures(v.metrics) for n, v in zip(names, seed, strict=True)}
+            for run, seed in zip(runs, per_seed, strict=True)
+        }
     final: dict[str, Any] = aggregate([r.metrics for r in results])
     # The last epoch's validation accuracy of the current weights (before voting), every seed.
     last = float(sum(r.history[-1]["val_accuracy"] for r in runs) / len(runs))
@@ -420,9 +448,12 @@ def _finish(
     final["seed_values"] = json.dumps({r.config.seed: r.metrics for r in results})
     if test_time is not None:
         final["test_time_pick"] = variant_name(results[0].config)
+        final["test_time_settings"] = json.dumps(kept_settings(results[0].config))
+        # The setting the config names (for an arm: as published), kept beside the pick.
+        final["test_time_published"] = variant_name(runs[0].cfg)
         final["test_time_rule"] = test_time.pick.describe()
     final["history"] = history
-    return Finished(final, results, table)
+    return Finished(final, results, table, seed_variants)
 
 
 def _race(
@@ -433,15 +464,16 @@ def _race(
     evaluated: dict[int, list[TrainResult]],
     references: dict[str, dict[int, dict[str, float]]],
     limits: list[Limit],
+    spread: dict[str, list[float]] | None = None,
 ) -> Finished | None:
     """Finish the race seeds; a Finished (flagged) when they miss one of the trial's
-    limits or one of its references dominates them."""
+    limits or one of its references dominates them (on the trial's `spread`)."""
     race = space.race
     assert race is not None
     done = _finish(first, test_time, history, evaluated)
     per_seed = {r.config.seed: r.metrics for r in done.results}
     refs = {label: {int(s): v for s, v in ref.items()} for label, ref in references.items()}
-    by = raced_by(per_seed, refs, space.race_objectives(), race.alpha, limits)
+    by = raced_by(per_seed, refs, space.race_objectives(), race.alpha, limits, spread)
     if by is None:
         return None
     done.metrics.update({"raced_out": 1, "raced_by": by, "seeds_trained": len(first)})

@@ -20,6 +20,8 @@ def _final(checkpoint: Path, seeds: list[int], test_time: bool = False) -> dict:
     if test_time:
         metrics["test_time_pick"] = "mode=weights"
         save_json(folder / "variants.json", [])
+        for seed in seeds:
+            save_json(folder / f"variants-seed{seed}.json", {"weights/msp": {"accuracy": 0.5}})
     save_json(folder / "metrics.json", metrics)
     for seed in seeds:
         save_json(folder / f"metrics-seed{seed}.json", {"val/accuracy": 0.5})
@@ -35,6 +37,11 @@ def test_final_results_need_every_file_whole(tmp_path: Path) -> None:
     model.write_bytes(data[: len(data) // 2])  # a copy cut short
     assert final_results(tmp_path) is None
     model.write_bytes(data)
+    seed_variants = tmp_path / FINAL_DIR / "variants-seed1.json"
+    seed_variants.write_text('{"weights/msp": ')  # cut short
+    assert final_results(tmp_path) is None
+    seed_variants.write_text("{}")
+    assert final_results(tmp_path) == written
     (tmp_path / FINAL_DIR / "variants.json").unlink()
     assert final_results(tmp_path) is None
     (tmp_path / FINAL_DIR / "metrics.json").write_text('{"val/acc')

@@ -8,7 +8,15 @@ import math
 import pytest
 
 from engine.config import load_config
-from engine.test_time import PickRule, TestTime, collected_modes, complete, pick, variants
+from engine.test_time import (
+    PickRule,
+    TestTime,
+    collected_modes,
+    kept_settings,
+    pick,
+    variant_figures,
+    variants,
+)
 from engine.train import Run, train
 
 GRID = {
@@ -51,12 +59,14 @@ def test_variant_equals_a_training_with_its_setting(trained, index: int) -> None
     _, _, results = trained
     variant = results[index]
     again = train(variant.config)  # same seed, CPU: bit for bit
-    # A variant has the validation figures only; completed, every figure.
-    assert all(k.startswith("val/") or k.startswith("density") for k in variant.metrics)
-    assert "val/auroc_near" in variant.metrics and "auroc_near" not in variant.metrics
-    assert _same(variant.metrics, {k: again.metrics[k] for k in variant.metrics}) == []
-    assert _same(complete(variant).metrics, again.metrics) == []
+    # Every figure, test parts included, in the order a training gives them.
+    assert _same(variant.metrics, again.metrics) == []
     assert len(variant.models) == len(again.models)
+    kept = variant_figures(variant.metrics)
+    assert kept["auroc_near"] == again.metrics["auroc_near"] and "energy/auroc_near" not in kept
+    settings = kept_settings(variant.config)
+    assert settings["eval.primary"] == variant.config.eval.primary
+    assert ("eval.dice_percentile" in settings) == (variant.config.eval.primary == "dice")
 
 
 def test_primary_score_renames_figures(trained) -> None:
