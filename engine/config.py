@@ -43,6 +43,7 @@ __all__ = [
     "VotingConfig",
     "apply_overrides",
     "config_error",
+    "effective_settings",
     "format_value",
     "load_config",
     "load_yaml",
@@ -178,6 +179,72 @@ class TrainConfig(_Section):
     def num_outputs_extra(self) -> int:
         """1 when the head carries MOON's unknown output, else 0."""
         return 1 if self.moon.enabled else 0
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+# The settings that the rest of a config can make inert, each read only where named.
+_MOON_AUTO_ONLY = ("moon.init_factor", "moon.alpha_final", "moon.ema_momentum")  # moon.py
+_MASK_UPDATES = ("sparsity.update_interval", "sparsity.drop_fraction", "sparsity.end_fraction")
+_STATIC = "static"  # engine.sparse_methods: the method whose mask never changes
+
+
+def effective_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The flat dotted settings that apply to `cfg` (JSON values, in the config's order):
+    every field of `cfg`, less those its training and evaluation never read.
+
+    - MOON off (`moon.enabled: false`): every `moon.*` but `moon.enabled`;
+    - MOON's alpha auto-tuned: `moon.alpha`; a fixed alpha: `moon.init_factor`,
+      `moon.alpha_final` and `moon.ema_momentum` (`moon.warmup_epochs` stays: a fixed alpha,
+      too, starts after the warm-up, with plain cross-entropy before it: engine/moon.py);
+    - voting off: `voting.epochs` and `voting.snapshots_per_epoch`;
+    - a primary score other than DICE: `eval.dice_percentile` (as
+      `engine.test_time.kept_settings` records a test-time pick);
+    - dense (`sparsity.method: dense`): every `sparsity.*` but the method; a static mask (it
+      never changes): `sparsity.update_interval`, `drop_fraction` and `end_fraction`;
+    - a constant learning rate: `optim.lr_end`; no momentum: `optim.nesterov`.
+
+    The `data.*` section is kept whole (which of its fields a suite reads is the suite's
+    business), and so are `runtime.*` (how the steps run) and `seed`.
+
+    >>> cfg = load_config("default", ["moon.alpha_mode=fixed", "voting.mode=off"])
+    >>> settings = effective_settings(cfg)
+    >>> [k for k in settings if k.startswith(("moon.", "voting."))]
+    ['moon.enabled', 'moon.warmup_epochs', 'moon.alpha_mode', 'moon.alpha', 'voting.mode']
+    >>> off = effective_settings(load_config("default", ["moon.enabled=false"]))
+    >>> [k for k in off if k.startswith("moon.")], "eval.dice_percentile" in off
+    (['moon.enabled'], False)
+    """
+    settings = _flat(cfg.model_dump(mode="json"))
+    inert: list[str] = []
+    moon = cfg.moon
+    if not moon.enabled:
+        inert += [k for k in settings if k.startswith("moon.") and k != "moon.enabled"]
+    elif moon.alpha_mode == "auto":
+        inert.append("moon.alpha")
+    else:
+        inert += _MOON_AUTO_ONLY
+    if cfg.voting.mode == "off":
+        inert += ["voting.epochs", "voting.snapshots_per_epoch"]
+    if cfg.eval.primary != "dice":
+        inert.append("eval.dice_percentile")
+    if cfg.sparsity.method == DENSE:
+        inert += [k for k in settings if k.startswith("sparsity.") and k != "sparsity.method"]
+    elif cfg.sparsity.method == _STATIC:
+        inert += _MASK_UPDATES
+    if cfg.optim.schedule == "constant":
+        inert.append("optim.lr_end")
+    if cfg.optim.momentum == 0:
+        inert.append("optim.nesterov")
+    return {k: v for k, v in settings.items() if k not in inert}
 
 
 class _Yaml12Loader(yaml.SafeLoader):
