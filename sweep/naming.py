@@ -12,7 +12,8 @@ Every name MLflow shows is made here, so the writer (`sweep.tracking`) and every
   its key settings: `search#3@0.05 rigl moon:fixed`, `moon_auto@0.05 rigl`, `dense`;
 - its tags say the same for grouping: `moonsweep.arm`, `moonsweep.level`,
   `moonsweep.method`, `moonsweep.moon` (auto, fixed or off), `moonsweep.voting` (for a
-  test-time voting choice, the mode it kept); after the
+  test-time voting choice, the mode it kept, set when the trial ends) and
+  `moonsweep.test_time` (the test-time variant kept, set when the trial ends); after the
   sweep `moonsweep.front` and `moonsweep.best_at_level`, after `select` `moonsweep.chosen`;
 - headline figures keep their short names (`accuracy`, `auroc_near`, `val/ece`, `density`,
   `std/val/accuracy`); the detail ones go under one prefix per kind, which the UI's charts
@@ -157,16 +158,27 @@ def trial_name(arm: str, level: float | None, optuna: int, cfg: TrainConfig) -> 
 def trial_tags(
     arm: str, level: float | None, cfg: TrainConfig, test_time: TestTime | None = None
 ) -> dict[str, str]:
-    """The tags a trial's run is grouped and filtered by in the MLflow UI. A trial whose
-    voting mode is a test-time choice (`test_time`) is tagged `test-time` until its pick is
-    known (`kept_voting`)."""
-    voting = "test-time" if collected_modes(cfg, test_time) else cfg.voting.mode
+    """The tags a trial's run is grouped and filtered by in the MLflow UI, as it starts.
+
+    A trial whose voting mode is a test-time choice (`test_time`) has no `VOTING_TAG` yet:
+    it gets the mode it kept when it ends (`kept_voting` of its pick), so that the tag never
+    names a mode other than the kept one (one that fails or stops early keeps none).
+
+    >>> from engine.config import load_config
+    >>> from engine.test_time import TestTime
+    >>> cfg = load_config("default")
+    >>> trial_tags("moon_auto", 0.05, cfg)[VOTING_TAG]
+    'weights'
+    >>> VOTING_TAG in trial_tags("search", 0.05, cfg, TestTime())
+    False
+    """
     tags = {
         ARM_TAG: arm,
         METHOD_TAG: cfg.sparsity.method,
         MOON_TAG: moon_mode(cfg),
-        VOTING_TAG: voting,
     }
+    if not collected_modes(cfg, test_time):  # else decided by the pick
+        tags[VOTING_TAG] = cfg.voting.mode
     if level is not None:  # the density level its comparisons are made at
         tags[LEVEL_TAG] = f"{level:g}"
     if arm == SEARCH_ARM:

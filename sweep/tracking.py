@@ -37,6 +37,7 @@ from sweep.naming import (
     trial_name,
     trial_tags,
 )
+from sweep.records import picked_settings, start_settings
 from sweep.spaces import SEARCH_ARM, SearchSpace
 from sweep.spool import Spool
 from sweep.state import PARENT_TAG
@@ -55,16 +56,6 @@ NOTE_KEYS = ("checkpoint_fallback", "retried")
 # Where a trial ran (its latest report): Ray's node id (nodes may share an IP), host, IP.
 PLACEMENT_KEYS = ("node_id", "hostname", "node_ip")
 logger = logging.getLogger("moonsweep.tracking")
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def numeric_metrics(result: dict[str, Any], step: int, ts: int) -> list[Metric]:
@@ -326,12 +317,11 @@ class MlflowTracking(tune.Callback):
         """The run's params and `trial.json` (both safe to write again)."""
         arm, level = config.get("arm", SEARCH_ARM), config.get("level")
         configs = self.space.arm_configs(config)
-        params = flatten(configs[0].model_dump(mode="json"))
-        params["seed"] = ",".join(str(c.seed) for c in configs)
+        # The settings that apply (sweep.records); those a test-time grid decides are logged
+        # with its pick, at the end: a param once logged cannot change.
+        params = start_settings(configs, self.space.test_time_for(config) is not None)
         params.update({f"searched.{k}": v for k, v in config.get("params", {}).items()})
-        self.client.log_batch(
-            run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        )
+        self._log_params(run_id, params)
         self.client.log_dict(
             run_id,
             {
@@ -417,6 +407,7 @@ class MlflowTracking(tune.Callback):
                 pick = str(result["test_time_pick"])
                 self.client.set_tag(run_id, "moonsweep.test_time", pick)
                 self.client.set_tag(run_id, VOTING_TAG, kept_voting(pick))
+            self._log_pick(run_id, config, result.get("test_time_settings"))
             if result.get("raced_out"):
                 # Raced out after its first seeds (sweep/racing.py): an estimate, never a
                 # candidate; KILLED like a trial stopped early, tagged with the reference.
@@ -427,6 +418,34 @@ class MlflowTracking(tune.Callback):
         else:
             self.client.set_tag(run_id, "moonsweep.stopped_early", "true")
             self.client.set_terminated(run_id, "KILLED")
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        if not params:
+            return
+        self.client.log_batch(
+            run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        )
+
+    def _log_pick(self, run_id: str, config: dict[str, Any], recorded: Any) -> None:
+        """The settings a trial's test-time grid picked (its `test_time_settings`), as params.
+
+        A run described before its grid's keys were left out at the start (an older sweep,
+        resumed) holds them already, with the config's values: those stay (MLflow keeps a
+        param's first value), the tags say the pick."""
+        if self.space.test_time_for(config) is None or not recorded:
+            return
+        picked = picked_settings(self.space.arm_configs(config), str(recorded))
+        logged = self.client.get_run(run_id).data.params
+        kept = {k: v for k, v in picked.items() if str(v) != logged.get(k, str(v))}
+        if kept:
+            logger.warning(
+                "run %s: params %s were logged before the test-time pick; they stay as they "
+                "are (the pick: %s)",
+                run_id,
+                ", ".join(f"{k}={logged[k]}" for k in kept),
+                recorded,
+            )
+        self._log_params(run_id, {k: v for k, v in picked.items() if k not in logged})
 
     def _note(self, trial_id: str, config: dict[str, Any], notes: dict[str, str]) -> None:
         run_id = self._run_for(trial_id, config)
