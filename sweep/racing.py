@@ -9,14 +9,36 @@ t bound at level `alpha / n` (n references):
 
     mean(d) + t(1 - alpha/n, df) * sd / sqrt(k) < 0      (d: trial - R, better = positive)
 
-`sd` is the seed-to-seed spread of a paired difference, pooled over every pair of
-references at the level on all their common seeds (df = the sum of their n - 1), or, with
-fewer than two such seeds, the trial's own differences (df = k - 1). Stated error rate: a
-trial that in truth (mean over seeds) is not dominated by any reference, i.e. is at least
-as good as each on some objective, is raced out with probability at most `alpha`
-(intersection-union test per reference, Bonferroni over references; normal seed noise with
-the pooled spread). References are fixed when the trial is suggested (they travel in its
-config), so a resumed trial decides exactly as it did.
+`sd` is the seed-to-seed spread of a paired difference between a searched trial and a
+reference, measured on disjoint pairs so that df counts independent differences only
+(`trial_spread`): the level's searched trials that ran every seed ("full-seed"), earliest
+Optuna trial first, are paired one to one with the level's arms sorted by label (the i-th
+with the i-th, as many pairs as the shorter list has, each config in one pair at most), and
+
+    sd^2 = sum over pairs of (n - 1) s^2 / df,   df = sum over pairs of (n - 1)
+
+(s^2: the variance, ddof 1, of the pair's differences on its n common seeds). The searcher
+works it out when it suggests the trial and it travels in the trial's config (`spread`:
+metric -> (sd, df), one entry per objective however many trials the sweep ran), so a
+resumed trial decides exactly as it did; with 3 arms and 5 seeds it is fixed from the third
+full-seed trial on (df 12). Pairs are not pooled over every pair of references: those share
+members (with 7 references on 5 seeds such pooling counts df 84 where at most 24 are
+independent), and two references (e.g. `sparse` and `sparse+voting`) differ less from seed
+to seed than a searched trial and a reference do.
+
+Before a full-seed searched trial exists at the level (or for a config without `spread`,
+from a sweep started before this rule), `sd` is the references' own spread, widened
+(`reference_spread`): the references sorted by label are paired first with second, third
+with fourth, and so on (disjoint, df as above), and the pooled sd is multiplied by
+`REFERENCE_WIDENING` = 1 / 0.7, because the spread between references was measured at 0.7
+to 0.8 times that between a searched trial and an arm. With no such pair either (one
+reference), the trial's own differences give it (df = k - 1). Stated error rate: a trial
+that in truth (mean over seeds) is not dominated by any reference, i.e. is at least as good
+as each on some objective, is raced out with probability at most `alpha`
+(intersection-union test per reference, Bonferroni over references; normal seed noise, with
+a searched trial's difference to a reference at most as spread as to an arm).
+tests/test_racing.py checks it by simulation, where the old pooling over every pair of
+references exceeds it.
 
 A trial that cannot meet the space's constraints can never be on the front either, so with
 `constraints: true` the race also tests each constraint's limit (`Limit`: its threshold,
@@ -36,8 +58,8 @@ feasible and nothing else stops a trial.
 Of the searched trials at a level only those on its front (not dominated, on their means
 over seeds, by another feasible one: `join_front`) are references: a trial dominated by a
 dominated reference is dominated by the one above it too, and the references a trial
-carries stay a handful however many trials the sweep has run (a config, and the pairs of
-`pooled_spread`, would otherwise grow with every finished trial).
+carries stay a handful however many trials the sweep has run (a config would otherwise grow
+with every finished trial).
 
 Example:
     >>> refs = {"moon_auto": {0: {"val/auroc_near": 0.95}, 1: {"val/auroc_near": 0.96}},
@@ -55,7 +77,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import combinations
 from typing import Literal
 
 import numpy as np
@@ -66,6 +87,12 @@ from sweep.stats import number
 
 # seed -> metric -> value, for one trial or reference
 PerSeed = Mapping[int, Mapping[str, float]]
+# metric -> (sd, df) of a paired difference between a searched trial and an arm, as a
+# trial's config carries it (`trial_spread`)
+Spread = Mapping[str, Sequence[float]]
+# The references' own spread is widened by this before a full-seed searched trial exists:
+# between references it was measured at 0.7 to 0.8 times that between a trial and an arm.
+REFERENCE_WIDENING = 1 / 0.7
 
 
 class Limit(BaseModel):
@@ -114,12 +141,45 @@ def _pooled(samples: Iterable[list[float]]) -> tuple[float, int]:
     return (math.sqrt(squares / df), df) if df else (math.nan, 0)
 
 
-def pooled_spread(references: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
-    """(sd, df) of a paired difference between references, pooled over every pair."""
-    return _pooled(
-        _differences(a, b, metric, sorted(set(a) & set(b)))
-        for a, b in combinations(references.values(), 2)
-    )
+def spread_pairs(searched: Sequence[str], arms: Iterable[str]) -> list[tuple[str, str]]:
+    """The disjoint pairs `trial_spread` measures on: the i-th of `searched` (in the order
+    given: the searcher gives the earliest Optuna trial first) with the i-th arm by label.
+
+    >>> arms = ["sparse@0.1", "moon_auto@0.1", "sparse+voting@0.1"]
+    >>> spread_pairs(["search #3", "search #5"], arms)
+    [('search #3', 'moon_auto@0.1'), ('search #5', 'sparse+voting@0.1')]
+    """
+    return list(zip(searched, sorted(arms), strict=False))
+
+
+def _pair_spread(pairs: Iterable[tuple[PerSeed, PerSeed]], metric: str) -> tuple[float, int]:
+    return _pooled(_differences(a, b, metric, sorted(set(a) & set(b))) for a, b in pairs)
+
+
+def trial_spread(
+    searched: Mapping[str, PerSeed], arms: Mapping[str, PerSeed], metric: str
+) -> tuple[float, int]:
+    """(sd, df) of a paired difference between a searched trial and an arm, pooled over the
+    disjoint pairs of `spread_pairs` (`searched` in the mapping's order), df = the sum of
+    each pair's common seeds - 1; (NaN, 0) without a pair.
+
+    >>> arms = {"b": {0: {"m": 0.5}, 1: {"m": 0.7}}, "a": {0: {"m": 0.5}, 1: {"m": 0.5}}}
+    >>> sd, df = trial_spread({"search #1": {0: {"m": 0.6}, 1: {"m": 0.8}}}, arms, "m")
+    >>> round(sd, 6), df  # the pair (search #1, a): differences 0.1 and 0.3
+    (0.141421, 1)
+    """
+    pairs = spread_pairs(list(searched), arms)
+    return _pair_spread(((searched[s], arms[a]) for s, a in pairs), metric)
+
+
+def reference_spread(references: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
+    """(sd, df) before a full-seed searched trial exists: the references sorted by label,
+    paired first with second, third with fourth, ..., pooled as in `trial_spread`, the sd
+    widened by `REFERENCE_WIDENING`; (NaN, 0) with fewer than two references."""
+    labels = sorted(references)
+    pairs = zip(labels[0::2], labels[1::2], strict=False)
+    sd, df = _pair_spread(((references[a], references[b]) for a, b in pairs), metric)
+    return sd * REFERENCE_WIDENING, df
 
 
 def pooled_sd(configs: Mapping[str, PerSeed], metric: str) -> tuple[float, int]:
@@ -164,11 +224,14 @@ def raced_by(
     objectives: Sequence[tuple[str, str]],
     alpha: float,
     limits: Sequence[Limit] = (),
+    spread: Spread | None = None,
 ) -> str | None:
     """The limit `trial` misses, or the reference that dominates it, on its seeds by the
     rules above (a limit's label or a reference's), or None.
 
     `objectives` are (metric, "max" | "min"), density left out (equal at a level).
+    `spread` is the trial's `trial_spread` per metric; a metric it lacks (or None: a config
+    from before it) takes the widened `reference_spread` of the usable references.
     """
     seeds = sorted(trial)
     usable = {
@@ -183,13 +246,13 @@ def raced_by(
     for lim, (margins, sd, df) in tests:
         if _below_zero(margins, sd, df, level):
             return lim.label
-    spread = {m: pooled_spread(usable, m) for m, _ in objectives}
+    spreads = {m: _spread(spread, usable, m) for m, _ in objectives}
     for label, ref in usable.items():
         dominated = True
         for metric, mode in objectives:
             sign = 1.0 if mode == "max" else -1.0
             d = [sign * v for v in _differences(trial, ref, metric, seeds)]
-            below = _below_zero(d, *spread[metric], level)
+            below = _below_zero(d, *spreads[metric], level)
             if below is None:
                 return None  # one seed and no pooled spread: nothing to decide on
             if not below:
@@ -198,6 +261,17 @@ def raced_by(
         if dominated:
             return label
     return None
+
+
+def _spread(
+    spread: Spread | None, references: Mapping[str, PerSeed], metric: str
+) -> tuple[float, int]:
+    given = (spread or {}).get(metric)
+    if given is not None:
+        sd, df = float(given[0]), int(given[1])
+        if df > 0 and math.isfinite(sd):
+            return sd, df
+    return reference_spread(references, metric)
 
 
 def mean_figures(

@@ -40,7 +40,7 @@ from sweep.failures import (
     stand_in,
 )
 from sweep.naming import read_adopted
-from sweep.racing import Limit, join_front, mean_figures, pooled_sd
+from sweep.racing import Limit, join_front, mean_figures, pooled_sd, trial_spread
 from sweep.spaces import SEARCH_ARM, Objective, SearchSpace, SpaceConstraint, arm_label
 from sweep.stats import number
 from sweep.stores import (
@@ -185,6 +185,7 @@ class SweepSearcher(Searcher):
         if self.space.race is not None:
             # Fixed now and kept in the trial's config: a resumed trial races as it did.
             config["references"] = self.references(level)
+            config["spread"] = self.spread(level)
             config["limits"] = [limit.model_dump() for limit in self.limits(level)]
         return config
 
@@ -226,6 +227,28 @@ class SweepSearcher(Searcher):
             if not label.startswith(SEARCH_ARM) and self._feasible(entry)
         }
         return {**arms, **{label: pool[label]["seeds"] for label in self._front(key)}}
+
+    def spread(self, level: float | None) -> dict[str, list[float]]:
+        """metric -> [sd, df] of a paired difference between a searched trial and an arm at
+        `level` (`sweep.racing.trial_spread`): the level's searched trials that ran every
+        seed, earliest Optuna trial first, each paired with one of its arms (feasible or not:
+        this is seed noise), so it holds one entry per objective however long the sweep
+        runs. A metric without such a pair is left out: racing then widens the references'
+        own spread."""
+        pool = getattr(self, "race_pool", {}).get(_level_key(level), {})
+        full = {
+            label: entry["seeds"]
+            for label, entry in pool.items()
+            if set(self.space.seeds) <= set(entry["seeds"])
+        }
+        searched = sorted((label for label in full if label.startswith(SEARCH_ARM)), key=_number)
+        arms = {label: seeds for label, seeds in full.items() if not label.startswith(SEARCH_ARM)}
+        out = {}
+        for metric, _ in self.space.race_objectives():
+            sd, df = trial_spread({label: full[label] for label in searched}, arms, metric)
+            if df:
+                out[metric] = [sd, df]
+        return out
 
     def _front(self, key: str) -> dict[str, dict[str, float]]:
         """The level's front of feasible searched trials (label -> mean figures), built
@@ -453,6 +476,11 @@ class SweepSearcher(Searcher):
 
 def _level_key(level: float | None) -> str:
     return "none" if level is None else f"{level:g}"
+
+
+def _number(label: str) -> int:
+    """The Optuna trial number in a searched trial's racing label (`search #12`)."""
+    return int(label.rsplit("#", 1)[-1])
 
 
 class SearchOnlyASHA(ASHAScheduler):

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import time
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ from chaos import (
 from scipy import stats
 
 from sweep.levels import compare_levels
-from sweep.racing import Limit, pooled_sd, pooled_spread, raced_by
+from sweep.racing import (
+    Limit,
+    pooled_sd,
+    raced_by,
+    reference_spread,
+    spread_pairs,
+    trial_spread,
+)
 from sweep.search import SweepSearcher
 from sweep.selection import select
 from sweep.spaces import SEARCH_ARM, arm_label, load_space
@@ -39,6 +47,11 @@ pytestmark = pytest.mark.slow
 EPOCHS, SEEDS, RACE = 6, [0, 1, 2], 2
 # A learning rate of 1e-4 leaves a trial near chance: dominated by the level's arms on
 # every objective after its race seeds. Random sampler seed 1 draws 0.12, 1e-4, 0.12.
+# alpha 0.2: the trial's spread comes from the one full-seed trial before it paired with an
+# arm, df 2 on 3 seeds, and at 0.05 / 4 references t(0.9875, 2) = 6.2 leaves 2 race seeds
+# unable to tell it from the arms (0.2 / 4: t = 2.9, about the margin the old pooling's
+# df 12 gave at 0.05; the lr 0.12 trials are kept by as much).
+ALPHA = 0.2
 SPACE = f"""
 base: default
 set:
@@ -60,14 +73,15 @@ test_time:
   eval.primary: [msp, energy, dice]
   eval.dice_percentile: [70, 90]
   pick: {{metric: val/auroc_near, direction: maximize}}
-race: {{seeds: {RACE}, alpha: 0.05}}
+race: {{seeds: {RACE}, alpha: {ALPHA}}}
 sampler: {{name: random, seed: 1}}
 seeds: {SEEDS}
 budget: {{trials: 3, max_concurrent: 1}}   # one at a time: every arm is a reference in time
 early_stopping: null
 report_every: 3
 """
-RACE_LINE = f"race: {{seeds: {RACE}, alpha: 0.05}}"
+RACE_LINE = f"race: {{seeds: {RACE}, alpha: {ALPHA}}}"
+# At 0.05: the limit alone stops the lr 1e-4 trial (tests below).
 LIMITS_RACE_LINE = f"race: {{seeds: {RACE}, alpha: 0.05, constraints: true}}"
 assert RACE_LINE in SPACE
 VARIANTS = [
@@ -82,15 +96,20 @@ def test_raced_by_against_a_hand_computed_case() -> None:
         "a": {0: {"m": 0.90, "n": 0.5}, 1: {"m": 0.92, "n": 0.6}, 2: {"m": 0.91, "n": 0.5}},
         "b": {0: {"m": 0.88, "n": 0.4}, 1: {"m": 0.93, "n": 0.6}, 2: {"m": 0.90, "n": 0.55}},
     }
+    # No full-seed searched trial (no `spread`): the references' one disjoint pair (a, b),
+    # df 2, its sd widened by 1 / 0.7.
     d = np.array([0.90 - 0.88, 0.92 - 0.93, 0.91 - 0.90])
-    sd, df = pooled_spread(refs, "m")
-    assert df == 2 and sd == pytest.approx(np.std(d, ddof=1))
+    sd, df = reference_spread(refs, "m")
+    assert df == 2 and sd == pytest.approx(np.std(d, ddof=1) / 0.7)  # 0.0153 / 0.7 = 0.0218
     trial = {0: {"m": 0.70, "n": 0.1}, 1: {"m": 0.71, "n": 0.1}}
-    # By hand: trial - a on m is -0.20, -0.21; bound = mean + t(1 - 0.05/2, 2) * sd / sqrt(2).
+    # By hand: trial - a on m is -0.20, -0.21; bound = mean + t(1 - 0.05/2, 2) * sd / sqrt(2)
+    # = -0.205 + 4.303 * 0.0218 / 1.414 = -0.139; on n (differences 0.1, 0, -0.05: sd
+    # 0.0764 / 0.7 = 0.109) -0.45 + 4.303 * 0.109 / 1.414 = -0.118.
     bound = -0.205 + stats.t.ppf(1 - 0.025, 2) * sd / math.sqrt(2)
-    sd_n, _ = pooled_spread(refs, "n")
+    sd_n, _ = reference_spread(refs, "n")
+    assert sd_n == pytest.approx(np.std([0.1, 0.0, -0.05], ddof=1) / 0.7)
     bound_n = -0.45 + stats.t.ppf(1 - 0.025, 2) * sd_n / math.sqrt(2)
-    assert bound < 0 and bound_n < 0
+    assert bound == pytest.approx(-0.1386, abs=1e-4) and bound_n == pytest.approx(-0.1180, abs=1e-4)
     assert raced_by(trial, refs, [("m", "max"), ("n", "max")], alpha=0.05) == "a"
     # Better than every reference on n (a minimized objective here): not dominated.
     assert raced_by(trial, refs, [("m", "max"), ("n", "min")], alpha=0.05) is None
@@ -99,6 +118,50 @@ def test_raced_by_against_a_hand_computed_case() -> None:
     assert raced_by(close, refs, [("m", "max"), ("n", "max")], alpha=0.05) is None
     # A reference lacking a race seed cannot judge; with none left, nothing is decided.
     assert raced_by({5: {"m": 0.1, "n": 0.1}}, refs, [("m", "max")], alpha=0.05) is None
+
+
+def test_raced_by_with_the_trials_spread_against_a_hand_computed_case() -> None:
+    """The spread a trial carries (searched trial vs arm, its own df) decides where the
+    widened references' spread would not."""
+    refs = {
+        "a": {0: {"m": 0.90, "n": 0.5}, 1: {"m": 0.92, "n": 0.6}, 2: {"m": 0.91, "n": 0.5}},
+        "b": {0: {"m": 0.88, "n": 0.4}, 1: {"m": 0.93, "n": 0.6}, 2: {"m": 0.90, "n": 0.55}},
+    }
+    trial = {0: {"m": 0.85, "n": 0.1}, 1: {"m": 0.86, "n": 0.1}}
+    objectives = [("m", "max"), ("n", "max")]
+    # Widened (sd 0.0218, df 2): on m, trial - a is -0.05, -0.06 and trial - b -0.03, -0.07,
+    # -0.055 + 4.303 * 0.0218 / 1.414 = +0.011 and -0.05 + 0.066 = +0.016: neither below zero.
+    assert raced_by(trial, refs, objectives, alpha=0.05) is None
+    # With sd 0.02 on df 12: t(0.975, 12) = 2.179, m: -0.055 + 2.179 * 0.02 / 1.414 = -0.024;
+    # n (sd 0.05): -0.45 + 2.179 * 0.05 / 1.414 = -0.373. Dominated by a.
+    t12 = stats.t.ppf(0.975, 12)
+    assert -0.055 + t12 * 0.02 / math.sqrt(2) == pytest.approx(-0.0242, abs=1e-4)
+    spread = {"m": [0.02, 12], "n": [0.05, 12]}
+    assert raced_by(trial, refs, objectives, alpha=0.05, spread=spread) == "a"
+    # A metric the spread lacks (or with df 0) takes the widened references' own: kept.
+    assert raced_by(trial, refs, objectives, alpha=0.05, spread={"n": [0.05, 12]}) is None
+    assert raced_by(trial, refs, objectives, 0.05, spread={**spread, "m": [0.02, 0]}) is None
+
+
+def test_the_spread_pairs_full_seed_searched_trials_with_arms() -> None:
+    """Disjoint pairs in a fixed order, df the sum of each pair's n - 1, by hand."""
+    arms = {
+        "sparse@0.1": {0: {"m": 0.5}, 1: {"m": 0.6}, 2: {"m": 0.4}},
+        "moon_auto@0.1": {0: {"m": 0.7}, 1: {"m": 0.7}, 2: {"m": 0.7}},
+        "sparse+voting@0.1": {0: {"m": 0.6}, 1: {"m": 0.6}, 2: {"m": 0.6}},
+    }
+    searched = {
+        "search #2": {0: {"m": 0.8}, 1: {"m": 0.9}, 2: {"m": 1.0}},
+        "search #7": {0: {"m": 0.6}, 1: {"m": 0.8}, 2: {"m": 0.6}},
+    }
+    assert spread_pairs(list(searched), arms) == [
+        ("search #2", "moon_auto@0.1"),
+        ("search #7", "sparse+voting@0.1"),
+    ]
+    # Differences 0.1, 0.2, 0.3 (variance 0.01) and 0, 0.2, 0 (variance 0.04 / 3).
+    sd, df = trial_spread(searched, arms, "m")
+    assert df == 4 and sd == pytest.approx(math.sqrt((0.01 * 2 + 0.04 / 3 * 2) / 4))
+    assert trial_spread({}, arms, "m") == (pytest.approx(math.nan, nan_ok=True), 0)
 
 
 def test_a_missed_limit_races_a_trial_out_against_a_hand_computed_bound() -> None:
@@ -205,6 +268,132 @@ def test_references_are_the_levels_arms_and_its_front(tmp_path: Path) -> None:
     assert set(searcher.suggest("last")["references"]) == level_arms | {
         f"{SEARCH_ARM} #{numbers['d']}"
     }
+
+
+def test_a_trials_spread_pairs_the_levels_full_seed_trials_with_its_arms(tmp_path: Path) -> None:
+    """`config["spread"]`, fixed at suggestion: the level's searched trials that ran every
+    seed, earliest Optuna trial first whatever order they finished in, each with one arm
+    by label; none before the first such trial, and a raced-out trial is never one."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    space = load_space(str(tmp_path / "space.yaml"))
+    space.budget.trials = 5
+    searcher = SweepSearcher(space, f"sqlite:///{tmp_path / 'optuna.db'}", "spread")
+
+    def finish(trial_id: str, near: list[float]) -> None:
+        per_seed = {
+            s: {"val/auroc_near": n, "val/accuracy": 0.5} for s, n in zip(SEEDS, near, strict=True)
+        }
+        result = {"final": 1, "val/auroc_near": float(np.mean(near)), "val/accuracy": 0.5}
+        searcher.on_trial_complete(trial_id, {**result, "seed_values": json.dumps(per_seed)})
+
+    near = {"moon_auto": [0.7, 0.7, 0.7], "sparse+voting": [0.6, 0.6, 0.6]}
+    arms = []
+    while searcher.pending_arms:
+        arms.append(f"arm{len(arms)}")
+        config = searcher.suggest(arms[-1])
+        finish(arms[-1], near.get(config["arm"], [0.5, 0.6, 0.4]))
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert first["spread"] == second["spread"] == {}  # no full-seed searched trial yet
+    finish("b", [0.6, 0.8, 0.6])  # Optuna trial 1, finished first
+    finish("a", [0.8, 0.9, 1.0])  # trial 0
+    # By hand: (#0, moon_auto@0.1) differences 0.1, 0.2, 0.3 (variance 0.01) and (#1,
+    # sparse+voting@0.1) 0, 0.2, 0 (variance 0.04 / 3), 2 df each; accuracy differs by 0
+    # on every seed (sd 0 on df 4). sparse@0.1 is in no pair.
+    spread = searcher.suggest("c")["spread"]
+    assert set(spread) == {"val/auroc_near", "val/accuracy"}
+    assert spread["val/auroc_near"] == [
+        pytest.approx(math.sqrt((0.01 * 2 + 0.04 / 3 * 2) / 4)),
+        4,
+    ]
+    assert spread["val/accuracy"] == [0.0, 4]
+    raced = {0: {"val/auroc_near": 0.1, "val/accuracy": 0.1}, 1: {"val/auroc_near": 0.1}}
+    searcher.on_trial_complete(
+        "c", {"final": 1, "raced_out": 1, "val/auroc_near": 0.1, "val/accuracy": 0.1,
+              "seed_values": json.dumps(raced)},
+    )  # fmt: skip
+    assert searcher.suggest("d")["spread"] == spread
+
+
+# Monte Carlo of racing at one level under the null: the tested trial, the arms and the
+# searched trials all have the same true mean, so every race-out is a false one. Seed noise
+# as at a level of the default space (3 arms, 5 seeds, 2 race seeds): a part every config
+# shares on a seed (the data order), a part the arms share (one method with a setting or two
+# changed) and each config's own, so that two arms differ from seed to seed 0.76 times as
+# much as a searched trial and an arm: sqrt(2 OWN^2 / (2 OWN^2 + ARMS_SHARED^2)).
+SIM_DRAWS, SIM_ARMS, SIM_SEEDS, SIM_ALPHA = 4000, 3, 5, 0.05
+SHARED, ARMS_SHARED, OWN = 2.0, 1.2, 1.0
+# One objective: at equal means more objectives only lower the rate (the trial must be
+# dominated on all); one is the least favourable case, a trial far worse on all the others.
+SIM_OBJECTIVES = [("m", "max")]
+# Monte Carlo error allowed on a rate of SIM_ALPHA: 3 standard errors.
+SIM_BOUND = SIM_ALPHA + 3 * math.sqrt(SIM_ALPHA * (1 - SIM_ALPHA) / SIM_DRAWS)
+
+
+def _old_pooled_spread(references: dict, metric: str) -> tuple[float, int]:
+    """The rule before: the spread of a paired difference pooled over every pair of
+    references (pairs sharing members), df the sum of each pair's n - 1, not widened."""
+    squares, df = 0.0, 0
+    for a, b in combinations(references.values(), 2):
+        d = [a[s][metric] - b[s][metric] for s in sorted(set(a) & set(b))]
+        squares += float(np.var(d, ddof=1)) * (len(d) - 1)
+        df += len(d) - 1
+    return math.sqrt(squares / df), df
+
+
+def _false_race_outs(full_seed: int, front: int, seed: int) -> tuple[float, float]:
+    """(new rule's, old pooling's) rate of race-outs over SIM_DRAWS levels, each with
+    SIM_ARMS arms and `full_seed` searched trials that ran every seed, the first `front` of
+    them references too; the trial is tested on its race seeds."""
+    rng = np.random.default_rng(seed)
+    seeds = list(range(SIM_SEEDS))
+
+    def per_seed(values: np.ndarray) -> dict[int, dict[str, float]]:
+        return {s: {"m": float(v)} for s, v in zip(seeds, values, strict=False)}
+
+    new = old = 0
+    for _ in range(SIM_DRAWS):
+        shared = SHARED * rng.standard_normal(SIM_SEEDS)
+        arm_values = shared + ARMS_SHARED * rng.standard_normal(SIM_SEEDS)
+        arms = {
+            f"arm{i}@0.1": per_seed(arm_values + OWN * rng.standard_normal(SIM_SEEDS))
+            for i in range(SIM_ARMS)
+        }
+        searched = {
+            f"{SEARCH_ARM} #{i}": per_seed(shared + OWN * rng.standard_normal(SIM_SEEDS))
+            for i in range(full_seed)
+        }
+        trial = per_seed((shared + OWN * rng.standard_normal(SIM_SEEDS))[:RACE])
+        references = {**arms, **dict(list(searched.items())[:front])}
+        # As the searcher puts it in the trial's config (SweepSearcher.spread).
+        spread = {
+            m: [sd, df] for m, _ in SIM_OBJECTIVES for sd, df in [trial_spread(searched, arms, m)]
+            if df
+        }  # fmt: skip
+        new += raced_by(trial, references, SIM_OBJECTIVES, SIM_ALPHA, spread=spread) is not None
+        pooled = {m: _old_pooled_spread(references, m) for m, _ in SIM_OBJECTIVES}
+        old += raced_by(trial, references, SIM_OBJECTIVES, SIM_ALPHA, spread=pooled) is not None
+    return new / SIM_DRAWS, old / SIM_DRAWS
+
+
+@pytest.mark.parametrize(
+    ("full_seed", "front"),
+    [(0, 0), (1, 1), (3, 1)],
+    ids=["no-full-seed-trial", "one-full-seed-trial", "three-full-seed-trials"],
+)
+def test_racing_holds_its_error_rate_in_a_simulation(full_seed: int, front: int) -> None:
+    """A trial as good as every reference is raced out at most at rate alpha (up to the
+    Monte Carlo error): before a full-seed trial exists (the widened references' spread),
+    with one (df 4) and from the third on (df 12, every arm in a pair)."""
+    new, _ = _false_race_outs(full_seed, front, seed=full_seed)
+    assert new <= SIM_BOUND, (new, SIM_BOUND)
+
+
+def test_the_old_pooling_over_every_pair_of_references_breaks_the_error_rate() -> None:
+    """The simulation has the power to see the old rule's fault: pooled over every pair of
+    the level's arms (closer to each other than a trial is to them, df counted 12 where 8
+    are independent), the same draws race out far more than alpha."""
+    new, old = _false_race_outs(0, 0, seed=0)
+    assert new <= SIM_BOUND < old, (new, SIM_BOUND, old)
 
 
 def _sweep(root: Path) -> Path:
