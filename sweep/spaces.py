@@ -22,7 +22,15 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.arms import arm_overrides
 from engine.config import (
@@ -37,6 +45,8 @@ from engine.config import (
     resolve_source,
     validate_config,
 )
+from engine.metrics import OOD_METRICS
+from engine.scores import scores
 from engine.sparse_methods import DENSE
 from engine.test_time import TestTime
 from sweep.constraints import Constraint
@@ -54,6 +64,80 @@ DEFAULT_BASELINES: dict[str, dict[str, Any]] = {
 SEARCH_ARM = "search"
 # The figures `moonsweep status` shows per trial (sweep.state reads them back).
 KEY_METRICS = ("val/accuracy", "val/auroc_near", "val/auroc_far", "val/ece", "density")
+
+
+# What a sweep may decide on (objectives, constraints, early stopping, the test-time pick):
+# validation figures only, so that test figures never take part in a choice. Figures
+# are named as engine/evaluate.py names them: `val/` then a classification figure, or
+# `[<score>/]<OOD metric>` with `_<group>` (a group mean) or `/<set>` (one OOD set).
+CLASSIFICATION = ("accuracy", "known_accuracy", "ece", "nll", "brier")
+OOD_GROUPS = ("near", "far")
+VALIDATION_FIGURES = (
+    f"val/<{'|'.join(CLASSIFICATION)}>, val/[<score>/]<{'|'.join(OOD_METRICS)}>"
+    f"_<{'|'.join(OOD_GROUPS)}> or .../<OOD set> (<score>: {'|'.join(scores.names())})"
+)
+# Early stopping decides on a key of every report Ray gets (sweep/trial.py): the current
+# weights' validation accuracy. The `val/...` figures are in searched trials' reports from
+# the grace epoch on only, and Ray refuses a report without the scheduler's metric.
+EARLY_STOPPING_METRICS = ("val_accuracy",)
+TEST_SPLIT = "a test-split figure (test figures never take part in a choice)"
+
+
+def is_validation_figure(name: str) -> bool:
+    """Whether `name` is a validation figure the engine records (any OOD set name passes:
+    the sets are known only once the data is loaded).
+
+    >>> [is_validation_figure(n) for n in ("val/auroc_near", "val/energy/fpr95/photos")]
+    [True, True]
+    >>> [is_validation_figure(n) for n in ("auroc_near", "val/auroc_nera", "val/msp/accuracy")]
+    [False, False, False]
+    """
+    core = name.removeprefix("val/").split("/")
+    if not name.startswith("val/") or not all(core):
+        return False
+    if core[0] in scores.names():  # another score's OOD figures (`val/energy/auroc_near`)
+        core = core[1:]
+        if not core or core[0] in CLASSIFICATION:
+            return False
+    if len(core) == 2:  # one OOD set's
+        return core[0] in OOD_METRICS
+    metric, _, group = core[0].rpartition("_")
+    group_mean = metric in OOD_METRICS and group in OOD_GROUPS
+    return len(core) == 1 and (core[0] in CLASSIFICATION or group_mean)
+
+
+def metric_problem(name: str, allowed: str, density: bool = False) -> str | None:
+    """Why a sweep may not decide on `name`, in words (None: it may); `allowed` says what
+    may be named, `density` allows the model's density too.
+
+    >>> print(metric_problem("auroc_near", "allowed: ..."))  # doctest: +NORMALIZE_WHITESPACE
+    a test-split figure (test figures never take part in a choice): use val/auroc_near;
+    allowed: ...
+    >>> metric_problem("val/auroc_nera", "allowed: ..."), metric_problem("density", "", True)
+    ('no such validation figure; allowed: ...', None)
+    """
+    if is_validation_figure(name) or (density and name == "density"):
+        return None
+    if is_test_figure(name):
+        return f"{TEST_SPLIT}: use val/{name.removeprefix('test/')}; {allowed}"
+    return f"no such validation figure; {allowed}"
+
+
+def is_test_figure(name: str) -> bool:
+    """Whether `name` is a test-split figure (the engine's unprefixed names; `test/...`
+    read as the same)."""
+    return is_validation_figure(f"val/{name.removeprefix('test/')}")
+
+
+def _checked(name: str, allowed: str, density: bool = False) -> str:
+    problem = metric_problem(name, allowed, density)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+OBJECTIVE_METRICS = f"objectives and constraints name {VALIDATION_FIGURES}, or density"
+PICK_METRICS = f"the test-time pick is on {VALIDATION_FIGURES}"
 
 
 def arm_label(arm: str, level: float | None) -> str:
@@ -100,6 +184,11 @@ class Objective(_Strict):
     metric: str
     direction: Literal["maximize", "minimize"]
 
+    @field_validator("metric")
+    @classmethod
+    def _validation(cls, name: str) -> str:
+        return _checked(name, OBJECTIVE_METRICS, density=True)
+
     @property
     def mode(self) -> str:
         return "max" if self.direction == "maximize" else "min"
@@ -113,6 +202,11 @@ class SpaceConstraint(_Strict):
     value: float | None = None
     baseline: str | None = None
     offset: float = 0.0
+
+    @field_validator("metric")
+    @classmethod
+    def _validation(cls, name: str) -> str:
+        return _checked(name, OBJECTIVE_METRICS, density=True)
 
     @model_validator(mode="after")
     def _one_reference(self) -> SpaceConstraint:
@@ -160,6 +254,24 @@ class EarlyStopping(_Strict):
     metric: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"
     reduction_factor: float = Field(2.0, gt=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _in_every_report(cls, name: str) -> str:
+        if name in EARLY_STOPPING_METRICS:
+            return name
+        allowed = (
+            f"early stopping decides on {' or '.join(EARLY_STOPPING_METRICS)} "
+            "(the current weights' validation accuracy, in every report)"
+        )
+        if is_validation_figure(name):
+            raise ValueError(
+                "not in every report Ray gets (baselines, and searched trials before the "
+                f"grace epoch, report no val/... figures); {allowed}"
+            )
+        if is_test_figure(name):
+            raise ValueError(f"{TEST_SPLIT}; {allowed}")
+        raise ValueError(f"not a figure the trials report; {allowed}")
 
 
 class Resources(_Strict):
@@ -243,6 +355,11 @@ class SearchSpace(_Strict):
             )
         tt = self.test_time
         if tt is not None:
+            problem = metric_problem(tt.pick.metric, PICK_METRICS)
+            if problem is not None:
+                raise ValueError(
+                    f"test_time.pick.metric: {tt.pick.metric!r} is not allowed: {problem}"
+                )
             grids = {
                 "voting.mode": tt.voting_modes,
                 "eval.primary": tt.scores,

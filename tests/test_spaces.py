@@ -94,6 +94,39 @@ def test_bad_spaces_name_the_entry(tmp_path: Path, text: str, needle: str) -> No
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (BASE.replace("val/auroc_near", "auroc_near"), "use val/auroc_near"),
+        (BASE.replace("val/auroc_near", "test/auroc_near"), "use val/auroc_near"),
+        (BASE.replace("val/auroc_near", "val/auroc_nera"), "no such validation figure"),
+        (BASE.replace("val/auroc_near", "val/msp/accuracy"), "no such validation figure"),
+        (BASE.replace("val/auroc_near", "density/head.weight"), "no such validation figure"),
+        (BASE + "constraints: [{metric: ece, op: '<=', value: 0.2}]\n", "use val/ece"),
+        (BASE + "test_time: {pick: {metric: val/auroc_nera}}\n", "no such validation figure"),
+        (BASE + "test_time: {pick: {metric: density}}\n", "the test-time pick is on val/"),
+        (BASE + "early_stopping: {metric: auroc_near}\n", "a test-split figure"),
+        (BASE + "early_stopping: {metric: val/accuracy}\n", "not in every report Ray gets"),
+        (BASE + "early_stopping: {metric: loss}\n", "not a figure the trials report"),
+    ],
+)
+def test_choices_are_made_on_validation_figures(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_space(_space_file(tmp_path, text))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_validation_figure_may_be_decided_on(tmp_path: Path) -> None:
+    names = ["val/accuracy", "val/known_accuracy", "val/fpr95_far", "val/energy/auroc_near",
+             "val/auroc/photos", "val/dice/aupr_out/digits_6-9", "density"]  # fmt: skip
+    objectives = "".join(f"  - {{metric: {n}, direction: maximize}}\n" for n in names)
+    text = BASE + objectives + "test_time: {pick: {metric: val/auroc/photos}}\n"
+    text += "constraints: [{metric: val/nll, op: '<=', value: 2}]\n"
+    space = load_space(_space_file(tmp_path, text))
+    assert [o.metric for o in space.objectives] == ["val/auroc_near", *names]
+    assert space.early_stopping is not None and space.early_stopping.metric == "val_accuracy"
+
+
 def test_unknown_space_name() -> None:
     with pytest.raises(ConfigError, match="spaces: .*default"):
         load_space("no-such-space")
