@@ -32,6 +32,44 @@ def test_run_mistakes_exit_2_and_write_nothing(tmp_path: Path, args: list[str], 
     assert _written(tmp_path / "w") == []
 
 
+# A space that runs, but for the entry a test changes (searched trials' objectives, ...).
+SPACE = """
+parameters:
+  sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
+objectives:
+  - {metric: val/auroc_near, direction: maximize}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (("val/auroc_near", "auroc_near"), "objectives.0.metric: 'auroc_near' is not allowed: "),
+        ("constraints: [{metric: accuracy, op: '>=', value: 0.5}]", "constraints.0.metric: "),
+        ("early_stopping: {metric: accuracy, mode: max}", "early_stopping.metric: 'accuracy'"),
+        ("test_time: {pick: {metric: auroc_near}}", "test_time.pick.metric: 'auroc_near'"),
+    ],
+    ids=["objective", "constraint", "early-stopping", "pick"],
+)
+def test_test_split_choices_exit_2_and_write_nothing(
+    tmp_path: Path, change: str | tuple[str, str], needle: str
+) -> None:
+    """The test split never steers a sweep: a space deciding on a test figure is refused
+    before anything starts, naming the entry, the validation figure to use and what is
+    allowed."""
+    text = SPACE.replace(*change) if isinstance(change, tuple) else SPACE + change + "\n"
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    workdir = tmp_path / "w"
+    proc = moonsweep("run", "--space", str(space), "--workdir", str(workdir), "--name", "e")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: search space space.yaml: ") and needle in line
+    assert "a test-split figure" in line and "Traceback" not in proc.stderr + proc.stdout
+    assert ("val_accuracy" if "early" in needle else "use val/") in line
+    assert _written(workdir) == [] and not (workdir / "e").exists()
+
+
 def test_internal_error_without_a_sweep_folder_goes_to_the_workdir(tmp_path: Path) -> None:
     workdir = tmp_path / "w"
     env = {"MOONSWEEP_FAILPOINT": "crash@0"}
