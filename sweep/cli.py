@@ -386,7 +386,9 @@ def select(
     """Choose a model: Pareto front, constraints, preferred metric (validation figures only)."""
     _crash_reports_to(workdir, name)
     from sweep.champion import register as register_model  # lazy: MLflow's model code
+    from sweep.records import run_settings
     from sweep.selection import select as choose  # lazy: the engine's training (seconds)
+    from sweep.selection import settings_lines
 
     quiet_libraries()
     state, _ = load_state(name, workdir)
@@ -413,9 +415,12 @@ def select(
     level = None
     if chosen.get("level") is not None:  # paired deltas against the arms of its own level
         level = level_comparison(state, rows, chosen["level"], chosen)
+    recorded = run_settings(state, chosen["mlflow_run_id"])  # what it was trained with
     if as_json:
         out = {
             "chosen": chosen,
+            "settings": recorded.settings,
+            "settings_picked": recorded.picked,
             "reasons": selection.reasons,
             "candidates": [r["mlflow_run_id"] for r in selection.candidates],
             "pareto": [r["mlflow_run_id"] for r in selection.pareto],
@@ -436,6 +441,7 @@ def select(
     test = ["accuracy", "auroc_near", "auroc_far", "fpr95_near", "ece"]
     shown = "  ".join(f"{m} {chosen[m]:.4g}" for m in test if chosen.get(m) is not None)
     typer.echo(f"test figures of the chosen trial (not used to choose): {shown}")
+    typer.echo("\n".join(settings_lines(recorded)))
     typer.echo(f"chosen: {chosen['trial']}  runs:/{chosen['mlflow_run_id']}")
     if level is not None:
         typer.echo("\nthe chosen trial (searched) against the arms trained at its density:")

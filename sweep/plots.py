@@ -5,6 +5,11 @@ Rows are `sweep.status.trial_rows(state, all_metrics=True)` rows: `arm`, `trial`
 metrics (`val/accuracy`, `accuracy`, ...). Every function returns a `Figure`; the caller
 saves and closes it.
 
+The report's figures are drawn in points (x100, `POINTS`), as its tables print them: the
+bounded figures (`bounded`: accuracy, ECE, AUROC, FPR95, AUPR, all in [0, 100] points) with
+their intervals cut at 0 and 100; density stays a fraction. `levels_tradeoff` and
+`sweeps_tradeoff` take the scale (`scale`, fractions by default).
+
 Example:
     >>> fig = metrics_vs_density([{"arm": "dense", "sparsity.method": "dense",
     ...     "moon.enabled": "False", "density": 1.0, "accuracy": 0.9, "val/accuracy": 0.9,
@@ -53,6 +58,23 @@ TRADEOFF_METRICS = ("auroc_near", "accuracy", "ece")
 # Past this many searched trials a scatter of every one is a wall of markers: the trials off
 # the front are drawn as a density, and markers shrink.
 MANY_TRIALS = 300
+POINTS = 100.0  # a fraction in points
+# The figures that live in [0, 1] (engine/metrics.py), by the first part of a name's part.
+BOUNDED = ("accuracy", "known_accuracy", "ece", "auroc", "fpr95", "aupr_in", "aupr_out")
+
+
+def bounded(metric: str) -> bool:
+    """Whether a figure lives in [0, 1] (in points [0, 100]): accuracy, ECE and the OOD
+    figures, of any part, score or OOD set; not NLL, Brier (up to 2) nor density.
+
+    >>> [bounded(m) for m in ("val/accuracy", "energy/auroc_near", "auroc/photos", "nll")]
+    [True, True, True, False]
+    """
+    return any(
+        part == name or part.startswith(f"{name}_")
+        for part in metric.split("/")
+        for name in BOUNDED
+    )
 
 
 def _value(row: Row, key: str) -> float:
@@ -61,6 +83,15 @@ def _value(row: Row, key: str) -> float:
         return float(value) if value is not None else np.nan
     except (TypeError, ValueError):
         return np.nan
+
+
+def _points(row: Row, key: str) -> float:
+    """A row's figure in points when it is bounded (`bounded`), else as it is."""
+    return _value(row, key) * (POINTS if bounded(key) else 1.0)
+
+
+def _label(key: str) -> str:
+    return f"{key} (points)" if bounded(key) else key
 
 
 def _moon_on(row: Row) -> bool:
@@ -73,7 +104,7 @@ def pareto_front_figure(
     front_all: Sequence[Row],
     chosen: Row | None,
 ) -> Figure:
-    """Accuracy vs near-OOD AUROC of every finished trial, colour = achieved density.
+    """Accuracy vs near-OOD AUROC (points) of every finished trial, colour = achieved density.
 
     Left: validation figures (what selection sees), right: the same trials on the test parts.
     The dashed line joins the accuracy/auroc_near Pareto front (validation); a black edge
@@ -93,8 +124,8 @@ def pareto_front_figure(
     for ax, prefix, title in ((axes[0], "val/", "validation"), (axes[1], "", "test")):
         hidden = _zoom(ax, rows, f"{prefix}accuracy", f"{prefix}auroc_near")
         if off:
-            xs = np.array([_value(r, f"{prefix}accuracy") for r in off])
-            ys = np.array([_value(r, f"{prefix}auroc_near") for r in off])
+            xs = np.array([_points(r, f"{prefix}accuracy") for r in off])
+            ys = np.array([_points(r, f"{prefix}auroc_near") for r in off])
             ok = np.isfinite(xs) & np.isfinite(ys)
             ax.hexbin(
                 xs[ok],
@@ -108,8 +139,8 @@ def pareto_front_figure(
             )
         if drawn:
             scatter = ax.scatter(
-                [_value(r, f"{prefix}accuracy") for r in drawn],
-                [_value(r, f"{prefix}auroc_near") for r in drawn],
+                [_points(r, f"{prefix}accuracy") for r in drawn],
+                [_points(r, f"{prefix}auroc_near") for r in drawn],
                 c=[_value(r, "density") for r in drawn],
                 cmap="viridis",
                 norm=norm,
@@ -120,8 +151,8 @@ def pareto_front_figure(
             )
         line = sorted(front_2d, key=lambda r: _value(r, "val/accuracy"))
         ax.plot(
-            [_value(r, f"{prefix}accuracy") for r in line],
-            [_value(r, f"{prefix}auroc_near") for r in line],
+            [_points(r, f"{prefix}accuracy") for r in line],
+            [_points(r, f"{prefix}auroc_near") for r in line],
             "--",
             color="0.4",
             lw=1,
@@ -133,8 +164,8 @@ def pareto_front_figure(
             if row["arm"] == SEARCH_ARM:
                 continue
             ax.scatter(
-                _value(row, f"{prefix}accuracy"),
-                _value(row, f"{prefix}auroc_near"),
+                _points(row, f"{prefix}accuracy"),
+                _points(row, f"{prefix}auroc_near"),
                 c=[_value(row, "density")],
                 cmap="viridis",
                 norm=norm,
@@ -149,8 +180,8 @@ def pareto_front_figure(
             labelled.add(row["arm"])
         if chosen is not None:
             ax.scatter(
-                _value(chosen, f"{prefix}accuracy"),
-                _value(chosen, f"{prefix}auroc_near"),
+                _points(chosen, f"{prefix}accuracy"),
+                _points(chosen, f"{prefix}auroc_near"),
                 marker="*",
                 s=320,
                 c="red",
@@ -158,8 +189,8 @@ def pareto_front_figure(
                 zorder=5,
                 label="chosen",
             )
-        ax.set_xlabel(f"{prefix}accuracy")
-        ax.set_ylabel(f"{prefix}auroc_near")
+        ax.set_xlabel(_label(f"{prefix}accuracy"))
+        ax.set_ylabel(_label(f"{prefix}auroc_near"))
         notes = [f"{len(off)} off the front shaded by count"] if off else []
         notes += [f"{hidden} weaker trials outside"] if hidden else []
         ax.set_title(f"{title} parts" + (f"\n({'; '.join(notes)})" if notes else ""), fontsize=10)
@@ -174,8 +205,8 @@ def pareto_front_figure(
 def _zoom(ax: Any, rows: Sequence[Row], x_key: str, y_key: str) -> int:
     """Limit the view to the better half of the trials and every baseline, so a few very weak
     trials do not squeeze the front into a corner; returns how many points fall outside."""
-    xs = np.array([_value(r, x_key) for r in rows])
-    ys = np.array([_value(r, y_key) for r in rows])
+    xs = np.array([_points(r, x_key) for r in rows])
+    ys = np.array([_points(r, y_key) for r in rows])
     ok = np.isfinite(xs) & np.isfinite(ys)
     if ok.sum() < 4:
         return 0
@@ -195,7 +226,7 @@ def _zoom(ax: Any, rows: Sequence[Row], x_key: str, y_key: str) -> int:
 
 
 def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure:
-    """Near-OOD AUROC, ECE and accuracy against achieved density, one colour per sparse
+    """Near-OOD AUROC, ECE and accuracy (points) against achieved density, one colour per sparse
     method (filled: MOON on, hollow: off), the chosen trial ringed in red; top row
     validation, bottom row test."""
     metrics = ("auroc_near", "ece", "accuracy")
@@ -217,7 +248,7 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
                         continue
                     ax.scatter(
                         [_value(r, "density") for r in group],
-                        [_value(r, f"{prefix}{metric}") for r in group],
+                        [_points(r, f"{prefix}{metric}") for r in group],
                         s=8 if many else 40,
                         alpha=0.35 if many else 1.0,
                         facecolors=colour if moon else "none",
@@ -227,7 +258,7 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
             if chosen is not None:
                 ax.scatter(
                     _value(chosen, "density"),
-                    _value(chosen, f"{prefix}{metric}"),
+                    _points(chosen, f"{prefix}{metric}"),
                     s=160,
                     facecolors="none",
                     edgecolors="r",
@@ -238,14 +269,14 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
                 if row["arm"] != SEARCH_ARM:
                     ax.annotate(
                         row["arm"],
-                        (_value(row, "density"), _value(row, f"{prefix}{metric}")),
+                        (_value(row, "density"), _points(row, f"{prefix}{metric}")),
                         fontsize=7,
                         xytext=(4, 4),
                         textcoords="offset points",
                     )
             ax.set_xscale("log")
             ax.set_xlabel("achieved density")
-            ax.set_ylabel(f"{prefix}{metric}")
+            ax.set_ylabel(_label(f"{prefix}{metric}"))
             ax.set_title(f"{metric} ({'validation' if prefix else 'test'})")
             ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=8)
@@ -253,11 +284,12 @@ def metrics_vs_density(rows: Sequence[Row], chosen: Row | None = None) -> Figure
 
 
 def arm_curve(
-    ordered: list[dict[str, Any]], arm: str, key: str
+    ordered: list[dict[str, Any]], arm: str, key: str, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """An arm's (densities, means, lows, highs) of `key` over levels sorted by density, or
-    None where it has no figure. One seed has no interval (NaN bounds: no band there); the
-    figures are fractions, so a few seeds' t-interval is clipped to [0, 1]."""
+    None where it has no figure, times `scale` (POINTS: in points). One seed has no interval
+    (NaN bounds: no band there); a bounded figure's t-interval of a few seeds is clipped to
+    [0, scale], where the figure lives."""
     points = [
         (float(lv["density"]), lv["arms"][arm]["figures"][key])
         for lv in ordered
@@ -266,9 +298,11 @@ def arm_curve(
     if not points:
         return None
     xs = np.array([x for x, _ in points])
-    mean = np.array([float(f["mean"]) for _, f in points])
-    low = np.clip([float(f["low"]) for _, f in points], 0.0, 1.0)
-    high = np.clip([float(f["high"]) for _, f in points], 0.0, 1.0)
+    mean = scale * np.array([float(f["mean"]) for _, f in points])
+    low = scale * np.array([float(f["low"]) for _, f in points])
+    high = scale * np.array([float(f["high"]) for _, f in points])
+    if bounded(key):
+        low, high = np.clip(low, 0.0, scale), np.clip(high, 0.0, scale)
     return xs, mean, low, high
 
 
@@ -277,15 +311,18 @@ def levels_tradeoff(
     chosen: Row | None = None,
     part: str = "test",
     metrics: Sequence[str] = TRADEOFF_METRICS,
+    scale: float = 1.0,
 ) -> Figure:
     """Near-OOD AUROC, accuracy and ECE against density at the sweep's levels: one line per
     arm (the level's best searched trial, moon_auto, sparse, sparse+voting) with its 95%
-    interval over the seeds as a band (clipped to [0, 1], where the figures live), dense as a
-    horizontal line with its band, the chosen trial a red star at its level.
+    interval over the seeds as a band (clipped to [0, scale], where the figures live), dense
+    as a horizontal line with its band, the chosen trial a red star at its level.
 
     `levels` are `sweep.levels.Level.as_dict()` dicts (as `report.json` holds them); `part`
-    "test" or "val" picks the figures (`auroc_near` or `val/auroc_near`)."""
+    "test" or "val" picks the figures (`auroc_near` or `val/auroc_near`); `scale` POINTS
+    draws them in points (the report), 1 as the fractions they are."""
     prefix = "val/" if part == "val" else ""
+    unit = "" if scale == 1.0 else " (points)"
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(5 * len(metrics), 4.4), constrained_layout=True, squeeze=False
     )
@@ -293,7 +330,7 @@ def levels_tradeoff(
     for ax, metric in zip(axes[0], metrics, strict=True):
         key = prefix + metric
         for arm, colour in LEVEL_ARMS.items():
-            curve = arm_curve(ordered, arm, key)
+            curve = arm_curve(ordered, arm, key, scale)
             if curve is None:
                 continue
             xs, mean, low, high = curve
@@ -308,16 +345,18 @@ def levels_tradeoff(
             None,
         )
         if dense is not None:
-            ax.axhline(float(dense["mean"]), color="k", ls="--", lw=1.2, label="dense")
+            ax.axhline(scale * float(dense["mean"]), color="k", ls="--", lw=1.2, label="dense")
             if np.isfinite(float(dense["low"])):
-                low, high = np.clip([float(dense["low"]), float(dense["high"])], 0.0, 1.0)
+                low, high = scale * float(dense["low"]), scale * float(dense["high"])
+                if bounded(key):
+                    low, high = np.clip([low, high], 0.0, scale)
                 ax.axhspan(low, high, color="k", alpha=0.08)
         if chosen is not None:
             x = chosen.get("level")
             x = _value(chosen, "density") if x is None else float(x)
             ax.scatter(
                 x,
-                _value(chosen, key),
+                scale * _value(chosen, key),
                 marker="*",
                 s=260,
                 facecolors="none",  # hollow: the level's searched point stays visible inside
@@ -331,8 +370,10 @@ def levels_tradeoff(
         ax.set_xticklabels([f"{float(lv['density']):g}" for lv in ordered])
         ax.minorticks_off()
         ax.set_xlabel("density (level)")
-        ax.set_ylabel(key)
-        ax.set_title(f"{metric} ({'validation' if prefix else 'test'}), mean and 95% interval")
+        ax.set_ylabel(key + unit)
+        cut = f"; band cut at 0 and {scale:g}" if bounded(key) else ""
+        where = "validation" if prefix else "test"
+        ax.set_title(f"{metric} ({where}), mean and 95% interval{cut}", fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
@@ -489,7 +530,7 @@ def reliability(parts: Mapping[str, tuple[np.ndarray, np.ndarray, float]], bins:
         CalibrationDisplay.from_predictions(
             correct.astype(int), confidence, n_bins=bins, strategy="uniform", ax=ax, name=name
         )
-        ax.set_title(f"{name}: ECE {ece:.4f} ({bins} bins)")
+        ax.set_title(f"{name}: ECE {POINTS * ece:.2f} points ({bins} bins)")
         ax.set_xlabel("confidence (max probability)")
         ax.set_ylabel("accuracy in bin")
         axes[1][j].hist(confidence, bins=edges, color="tab:blue")
@@ -500,13 +541,15 @@ def reliability(parts: Mapping[str, tuple[np.ndarray, np.ndarray, float]], bins:
 
 
 def roc_curves(parts: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
-    """ROC curves ID (positive) vs each OOD set; per part {set: (labels, scores)}."""
+    """ROC curves ID (positive) vs each OOD set, each with its AUROC in points; per part
+    {set: (labels, scores)}."""
     fig, axes = plt.subplots(
         1, len(parts), figsize=(5.5 * len(parts), 5), constrained_layout=True, squeeze=False
     )
     for ax, (part, sets) in zip(axes[0], parts.items(), strict=True):
         for name, (labels, scores) in sets.items():
-            RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=name)
+            shown = RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=name)
+            shown.line_.set_label(f"{name} (AUROC {POINTS * shown.roc_auc:.2f})")
         ax.plot([0, 1], [0, 1], ":", color="0.5")
         ax.set_title(f"{part} OOD parts")
         ax.set_xlabel("false positive rate (OOD accepted)")
@@ -515,8 +558,14 @@ def roc_curves(parts: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]])
     return fig
 
 
-def importances(per_objective: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Optuna's parameter importances, one group of bars per objective."""
+def importances(
+    per_objective: Mapping[str, Mapping[str, float]],
+    trials: int | None = None,
+    having: Mapping[str, int] | None = None,
+) -> Figure:
+    """Optuna's parameter importances, one group of bars per objective; `trials` the
+    complete trials they rest on (in the title), `having` per parameter how many of those
+    drew it (a conditional one, e.g. `moon.alpha` of the fixed-alpha trials: `(7 of 20)`)."""
     params = sorted({p for values in per_objective.values() for p in values})
     bars = max(len(params), 1) * max(len(per_objective), 1)
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.3 * bars))
@@ -529,10 +578,17 @@ def importances(per_objective: Mapping[str, Mapping[str, float]]) -> Figure:
             height=height,
             label=objective,
         )
-    ax.set_yticks(y + height * (len(per_objective) - 1) / 2, params)
+    names = [
+        f"{p} ({having[p]} of {trials})"
+        if having is not None and trials is not None and having.get(p, trials) != trials
+        else p
+        for p in params
+    ]
+    ax.set_yticks(y + height * (len(per_objective) - 1) / 2, names)
     ax.invert_yaxis()
     ax.set_xlabel("importance (normalised per objective)")
-    ax.set_title("Optuna parameter importances (PED-ANOVA)")
+    on = "" if trials is None else f", {trials} complete trials"
+    ax.set_title(f"Optuna parameter importances (PED-ANOVA{on})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

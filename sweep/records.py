@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -46,6 +47,7 @@ from sweep.stores import mlflow_client
 
 __all__ = [
     "SETTINGS",
+    "RecordedSettings",
     "picked_config",
     "picked_settings",
     "run_settings",
@@ -95,22 +97,34 @@ def picked_settings(configs: Sequence[TrainConfig], recorded: str | None) -> dic
     return {k: v for k, v in settings.items() if k in SETTINGS}
 
 
-def run_settings(state: SweepState, run_id: str) -> tuple[dict[str, Any], list[str]]:
+@dataclass
+class RecordedSettings:
+    """A trial's settings as its records give them (`run_settings`)."""
+
+    settings: dict[str, Any]  # `trial_settings`: every setting that applies, in config order
+    picked: list[str] = field(default_factory=list)  # those its test-time grid picked
+    pick: str | None = None  # the variant kept (`engine.test_time.Variant.name`)
+    rule: str | None = None  # the rule that kept it, e.g. `maximize val/auroc_near`
+
+
+def run_settings(state: SweepState, run_id: str) -> RecordedSettings:
     """A trial's settings (`trial_settings`) from its run's records, `trial.json` (the
     configs and the grid) and `final/metrics.json` (the pick), whatever its params say
-    (those of sweeps recorded before the params followed the pick do not); and the keys
-    its test-time grid picked on validation ([] without a grid or a pick)."""
+    (those of sweeps recorded before the params followed the pick do not); `picked` the
+    keys its test-time grid picked on validation ([] without a grid or a pick)."""
     client = mlflow_client(state.tracking_uri)
     described = load_run_json(client, run_id, "trial.json")
     configs = [validate_config(c) for c in described["configs"]]
     grid = described.get("test_time") is not None
-    recorded = None
+    final: dict[str, Any] = {}
     if grid:
         try:
             final = load_run_json(client, run_id, f"{FINAL_DIR}/metrics.json")
         except (OSError, MlflowException):  # not finished: no pick to read
             final = {}
-        recorded = final.get("test_time_settings")
+    recorded = final.get("test_time_settings")
     settings = trial_settings(configs, grid, recorded)
     picked = [k for k in settings if k in SETTINGS] if grid and recorded else []
-    return settings, picked
+    return RecordedSettings(
+        settings, picked, final.get("test_time_pick"), final.get("test_time_rule")
+    )

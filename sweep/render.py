@@ -19,19 +19,22 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from engine.arms import DESCRIPTIONS
+from engine.config import format_value as setting_text
 from sweep import plots
 from sweep.gather import ARMS, Gathered, row_label
 from sweep.hypervolume import nadir, plot_history
 from sweep.levels import SEARCHED
+from sweep.plots import POINTS, bounded
 from sweep.selection import pareto_front
 from sweep.spaces import SEARCH_ARM
+from sweep.state import TrialRow
 from sweep.stats import CONFIDENCE, Interval
 from sweep.status import format_value, hidden_note, rows_to_show
 
@@ -59,20 +62,25 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
     front_2d = pareto_front(g.searched, PARETO_2D)
     images["pareto.png"] = _png(plots.pareto_front_figure(g.rows, front_2d, front_all, chosen))
     captions["pareto.png"] = (
+        "In points (x100). "
         f"{len(front_2d)} searched trials on the accuracy/auroc_near front (validation, dashed); "
         f"{len(front_all)} on the front over all objectives "
         f"({', '.join(m for m, _ in objectives)}; black edge)."
     )
     images["density.png"] = _png(plots.metrics_vs_density(g.rows, chosen))
-    captions["density.png"] = "Every finished trial; density is the achieved one (log axis)."
+    captions["density.png"] = (
+        "Every finished trial, figures in points (x100); density is the achieved one (a "
+        "fraction, log axis)."
+    )
 
     if g.levels:
         levels = [lv.as_dict() for lv in g.levels]
-        images["levels.png"] = _png(plots.levels_tradeoff(levels, chosen))
+        images["levels.png"] = _png(plots.levels_tradeoff(levels, chosen, scale=POINTS))
         at = "" if chosen is None or chosen.get("level") is None else f" at {chosen['level']:g}"
         captions["levels.png"] = (
-            "Test parts; per level the mean over the seeds and its 95% t-interval (band, cut "
-            "at 0 and 1) of "
+            "Test parts, in points (x100); per level the mean over the seeds and its 95% "
+            "t-interval (band; clipped to [0, 100], where these figures live: a t-interval of "
+            "a few seeds can pass them) of "
             "the level's best searched trial and of each arm trained there (same density, "
             "sparse method, seeds and split); dense (dashed) is trained once; red star: the "
             f"chosen trial{at}."
@@ -83,16 +91,7 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
     images["alpha.png"] = _png(
         plots.alpha_schedules(g.alpha, modes, auto, row_label(chosen) if chosen else None)
     )
-    captions["alpha.png"] = "Alpha logged per epoch (the mean over the trial's seeds)."
-    moon_searched = [
-        r for r in g.rows if r["arm"] == SEARCH_ARM and str(r.get("moon.enabled")).lower() == "true"
-    ]
-    drawn = sum(1 for label in g.alpha if label.startswith(f"{SEARCH_ARM} "))
-    if drawn < len(moon_searched):
-        captions["alpha.png"] += (
-            f" {drawn} of the {len(moon_searched)} searched trials with MOON on are drawn: the "
-            "chosen one, the front, then others spread over the sweep."
-        )
+    captions["alpha.png"] = alpha_caption(g.rows, g.alpha)
 
     again = g.reevaluated
     if chosen is not None and again is not None:
@@ -105,18 +104,26 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
         images["roc.png"] = _png(plots.roc_curves({"validation": val.roc, "test": test.roc}))
         caption = (
             f"Chosen trial {row_label(chosen)}, checkpoint of seed {again.seed}, re-evaluated; "
-            f"score {again.config.eval.primary}."
+            f"score {again.config.eval.primary}; ECE and AUROC in points (x100)."
         )
         captions["reliability.png"] = captions["roc.png"] = caption
     else:
         images["reliability.png"] = _png(plots.message("no model chosen"))
         images["roc.png"] = _png(plots.message("no model chosen"))
 
+    trials = len(g.complete)
     if g.importances:
-        images["importances.png"] = _png(plots.importances(g.importances))
+        having = {
+            p: sum(p in t.params for t in g.complete) for v in g.importances.values() for p in v
+        }
+        images["importances.png"] = _png(plots.importances(g.importances, trials, having))
     else:
         images["importances.png"] = _png(plots.message(g.no_importances))
-    captions["importances.png"] = "optuna.importance.get_param_importances per objective."
+    captions["importances.png"] = (
+        f"optuna.importance.get_param_importances per objective, on the {trials} complete "
+        "trials (searched trials that ran to the end); a conditional parameter rests on those "
+        "that drew it (the count beside its name)."
+    )
     reference = None
     if g.complete:
         reference = nadir([g.study])
@@ -126,26 +133,74 @@ def figures(g: Gathered) -> tuple[dict[str, bytes], dict[str, str], list[float] 
         point = ", ".join(f"{m} {v:.4g}" for (m, _), v in zip(objectives, reference, strict=True))
         captions["hypervolume.png"] = (
             "Reference point: per objective the worst value over the complete trials that "
-            f"meet the constraints (nadir) = {point}."
+            f"meet the constraints (nadir) = {point} (the objectives as Optuna holds them: "
+            "fractions, not points; the volume is in the same units)."
         )
     else:
         images["hypervolume.png"] = _png(plots.message("no complete Optuna trial"))
     return images, captions, reference
 
 
+def alpha_caption(rows: Sequence[TrialRow], alpha: dict[str, Any]) -> str:
+    """The alpha plot's caption: how many of the searched trials with MOON on it draws,
+    when not all (`alpha`: the schedules read, by `row_label`).
+
+    >>> rows = [{"arm": "search", "optuna": i, "trial": f"t{i}", "moon.enabled": "True"}
+    ...         for i in range(3)]
+    >>> "2 of the 3 searched trials with MOON on are drawn" in alpha_caption(rows, {"#0 t0": [],
+    ...                                                                          "#2 t2": []})
+    True
+    >>> alpha_caption(rows, {f"#{i} t{i}": [] for i in range(3)})
+    "Alpha logged per epoch (the mean over the trial's seeds)."
+    """
+    caption = "Alpha logged per epoch (the mean over the trial's seeds)."
+    moon_searched = [
+        r for r in rows if r["arm"] == SEARCH_ARM and str(r.get("moon.enabled")).lower() == "true"
+    ]
+    drawn = sum(1 for r in moon_searched if row_label(r) in alpha)
+    if drawn < len(moon_searched):
+        caption += (
+            f" {drawn} of the {len(moon_searched)} searched trials with MOON on are drawn: the "
+            "chosen one, the front, then others spread over the sweep."
+        )
+    return caption
+
+
 # -- text and HTML ---------------------------------------------------------------------------
+
+# How the tables print a bounded figure's interval: clipped to where the figure lives.
+CLIPPED = (
+    "intervals of figures bounded to [0, 100] points (accuracy, ECE, AUROC, FPR95) are shown "
+    "clipped to [0, 100], paired deltas to [-100, +100]; report.json keeps them unclipped"
+)
 
 
 def _pct(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{100 * value:.2f}"
 
 
-def _cell(interval: Interval, signed: bool = False) -> str:
+def _cell(interval: Interval, signed: bool = False, bound: bool = False) -> str:
+    """A figure in points, `mean [low, high]`; `bound`: a bounded figure's interval clipped
+    to [0, 100] (a paired delta's to [-100, 100]).
+
+    >>> _cell(Interval(0.99, 0.97, 1.01, 2), bound=True), _cell(Interval(0.99, 0.97, 1.01, 2))
+    ('99.00 [97.00, 100.00]', '99.00 [97.00, 101.00]')
+    """
     mean = f"{100 * interval.mean:+.2f}" if signed else _pct(interval.mean)
     if not math.isfinite(interval.low):
         return mean
+    low, high = POINTS * interval.low, POINTS * interval.high
+    if bound:
+        floor = -POINTS if signed else 0.0
+        low, high = min(max(low, floor), POINTS), min(max(high, floor), POINTS)
     fmt = "{:+.2f}" if signed else "{:.2f}"
-    return f"{mean} [{fmt.format(100 * interval.low)}, {fmt.format(100 * interval.high)}]"
+    return f"{mean} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _clips(interval: Interval, signed: bool = False) -> bool:
+    """Whether a bounded figure's interval passes its bounds (and `_cell` clips it)."""
+    floor = -1.0 if signed else 0.0
+    return math.isfinite(interval.low) and (interval.low < floor or interval.high > 1.0)
 
 
 def html_table(head: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
@@ -159,7 +214,8 @@ def html_table(head: Sequence[str], body: Sequence[Sequence[str]], css: str = ""
 
 
 def comparison_markdown(summary: dict[str, Any], part: str = "test") -> str:
-    """The comparison table and the paired deltas as markdown (README, terminal)."""
+    """The comparison table and the paired deltas as markdown (README, terminal); a line
+    under them says so when a bounded figure's interval is shown clipped (`CLIPPED`)."""
     metrics = summary["metrics"]
     table, deltas = summary["table"][part], summary["deltas"][part]
     labels = dict(ARMS)
@@ -167,15 +223,20 @@ def comparison_markdown(summary: dict[str, Any], part: str = "test") -> str:
         "| arm | " + " | ".join(metrics) + " |",
         "|---|" + "---:|" * len(metrics),
     ]
+    clipped = False
     for arm, figures in table.items():
-        cells = [_cell(Interval(**figures[m])) for m in metrics]
+        cells = [_cell(Interval(**figures[m]), bound=bounded(m)) for m in metrics]
+        clipped |= any(bounded(m) and _clips(Interval(**figures[m])) for m in metrics)
         lines.append(f"| {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
     if deltas:
         lines += ["", "| paired delta (points) | " + " | ".join(metrics) + " |"]
         lines.append("|---|" + "---|" * len(metrics))
         for arm, figures in deltas.items():
-            cells = [_cell(Interval(**figures[m]), signed=True) for m in metrics]
+            cells = [_cell(Interval(**figures[m]), True, bounded(m)) for m in metrics]
+            clipped |= any(bounded(m) and _clips(Interval(**figures[m]), True) for m in metrics)
             lines.append(f"| best searched - {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
+    if clipped:
+        lines += ["", f"({CLIPPED})"]
     return "\n".join(lines)
 
 
@@ -184,25 +245,26 @@ def _comparison_html(summary: dict[str, Any], part: str) -> str:
     labels = dict(ARMS)
     table, deltas = summary["table"][part], summary["deltas"][part]
     body = [
-        [labels.get(arm, arm), *(_cell(Interval(**figures[m])) for m in metrics)]
+        [labels.get(arm, arm), *(_cell(Interval(**figures[m]), bound=bounded(m)) for m in metrics)]
         for arm, figures in table.items()
     ]
     out = html_table(["arm", *metrics], body)
     if deltas:
         body = [
             [f"best searched - {labels.get(arm, arm)}"]
-            + [_cell(Interval(**figures[m]), signed=True) for m in metrics]
+            + [_cell(Interval(**figures[m]), True, bounded(m)) for m in metrics]
             for arm, figures in deltas.items()
         ]
         out += html_table(["paired delta (points)", *metrics], body)
     return out
 
 
-def _level_cell(figures: dict[str, float] | None, signed: bool = False) -> str:
-    """A per-level cell in points; a paired delta whose interval excludes 0 gets a *."""
+def _level_cell(figures: dict[str, float] | None, signed: bool = False, bound: bool = False) -> str:
+    """A per-level cell in points (a bounded figure's interval clipped, as `_cell`); a paired
+    delta whose interval excludes 0 gets a *."""
     if figures is None:
         return "-"
-    cell = _cell(Interval(**figures), signed)
+    cell = _cell(Interval(**figures), signed, bound)
     if signed and (figures["low"] > 0 or figures["high"] < 0):
         cell += " *"
     return cell
@@ -225,9 +287,10 @@ def levels_html(levels: Sequence[dict[str, Any]], part: str = "test") -> str:
         body = []
         for name, arm in lv["arms"].items():
             trial = f"optuna #{arm['optuna']}" if arm["optuna"] >= 0 else arm["trial"]
-            body.append([name, trial, *(_level_cell(arm["figures"].get(m)) for m in metrics)])
+            cells = [_level_cell(arm["figures"].get(m), bound=bounded(m)) for m in metrics]
+            body.append([name, trial, *cells])
         for pair, figures in lv["deltas"].items():
-            cells = [_level_cell(figures.get(m), signed=True) for m in metrics]
+            cells = [_level_cell(figures.get(m), True, bounded(m)) for m in metrics]
             body.append([pair, "paired", *cells])
         note = html.escape(lv["note"]) + "." if lv["note"] else "every arm present."
         out.append(
@@ -256,6 +319,39 @@ def html_figure(images: dict[str, bytes], name: str, caption: str) -> str:
         f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
         f"<figcaption class=note>{html.escape(caption)}</figcaption></figure>"
     )
+
+
+def settings_html(summary: dict[str, Any]) -> str:
+    """The chosen trial's settings (`summary["chosen_settings"]`, `sweep.records.run_settings`)
+    as a table in the `--set` syntax of `moonsweep train`, the test-time picks marked."""
+    settings = summary.get("chosen_settings")
+    if not settings:
+        return ""
+    picked = set(summary.get("chosen_picked") or [])
+    test_time = summary.get("chosen_test_time") or {}
+    how = f"picked on validation ({test_time['rule']})" if test_time.get("rule") else "picked"
+    body = [[k, setting_text(v), how if k in picked else ""] for k, v in settings.items()]
+    kept = ""
+    if test_time.get("pick"):
+        kept = (
+            f" Its test-time variant {html.escape(test_time['pick'])} was picked on the "
+            "validation parts after training, among the space's grid."
+        )
+    return (
+        "<p class=note>Every setting its runs were trained and evaluated with: those that "
+        "apply (engine.config.effective_settings; no MOON alpha without MOON, no DICE "
+        "percentile for another score, ...), as <code>--set</code> values; "
+        f"<code>seed</code> lists the seeds trained.{kept}</p>"
+        + html_table(["setting", "value", ""], body, css="kv settings")
+    )
+
+
+def _row_cell(row: Mapping[str, Any], column: str) -> str:
+    """A trial table's cell: a bounded figure in points, others as `format_value`."""
+    value = row.get(column)
+    if bounded(column) and isinstance(value, int | float) and not isinstance(value, bool):
+        return _pct(float(value))
+    return format_value(value)
 
 
 def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dict[str, str]) -> str:
@@ -287,16 +383,7 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     if chosen:
         parts.append(
             html_table(
-                [
-                    "trial",
-                    "arm",
-                    "level",
-                    "Optuna #",
-                    "MLflow run",
-                    "method",
-                    "density",
-                    "alpha mode",
-                ],
+                ["trial", "arm", "level", "Optuna #", "MLflow run", "achieved density"],
                 [
                     [
                         chosen["trial"],
@@ -304,13 +391,12 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
                         format_value(chosen.get("level")),
                         chosen["optuna"],
                         chosen["mlflow_run_id"],
-                        chosen.get("sparsity.method"),
                         f"{chosen.get('density', float('nan')):.4g}",
-                        chosen.get("moon.alpha_mode"),
                     ]
                 ],
             )
         )
+        parts.append(settings_html(summary))
     parts.append("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in summary["reasons"]) + "</ul>")
     parts.append(
         "<p class=note>Selection uses only the validation parts (ID and OOD); the test parts "
@@ -320,8 +406,9 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     at = "" if level is None else f", at its density level {level:g}"
     parts.append(f"<h2>The chosen model against the arms{at}</h2>")
     parts.append(
-        f"<p class=note>Percent; mean and {int(CONFIDENCE * 100)}% t-interval over the seeds "
-        "(each arm trained on the same seeds and split); paired deltas are per seed.</p>"
+        f"<p class=note>Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the "
+        "seeds (each arm trained on the same seeds and split); paired deltas are per seed; "
+        f"{CLIPPED}.</p>"
     )
     parts.append("<h3>Test parts</h3>" + _comparison_html(summary, "test"))
     parts.append("<h3>Validation parts (what selection saw)</h3>")
@@ -333,7 +420,7 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
             "(meeting the space's constraints, best first objective on validation) beside the "
             "arms trained at exactly that density with the same sparse method, seeds and split. "
             f"Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the seeds; "
-            "paired deltas are per seed (* where the interval excludes 0).</p>"
+            f"paired deltas are per seed (* where the interval excludes 0); {CLIPPED}.</p>"
         )
         parts.append(html_figure(images, "levels.png", captions.get("levels.png", "")))
         parts.append(html_table([], [[k, v] for k, v in LEVEL_ARMS_TEXT.items()], css="kv"))
@@ -366,11 +453,13 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     leading = set(summary.get("front", [])) | ({chosen_trial} if chosen_trial else set())
     shown, rest = rows_to_show(trials, leading)
     parts.append("<h2>Trials</h2>" if rest else "<h2>All trials</h2>")
+    shown_note = "Figures in points (x100), density a fraction"
     if rest:
-        parts.append(
-            f"<p class=note>The baselines, the chosen trial and the front; "
-            f"{esc(hidden_note(rest))} are in report.json.</p>"
+        shown_note += (
+            f"; the baselines, the chosen trial and the front; {esc(hidden_note(rest))} are in "
+            "report.json (as fractions)"
         )
-    parts.append(html_table(columns, [[format_value(r.get(c)) for c in columns] for r in shown]))
+    parts.append(f"<p class=note>{shown_note}.</p>")
+    parts.append(html_table(columns, [[_row_cell(r, c) for c in columns] for r in shown]))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -4,14 +4,17 @@ Written to `<sweep folder>/report/` (`report.html` with every figure embedded as
 the same figures as PNG files, and `report.json` with the tables' numbers) and logged to the
 sweep's parent MLflow run under `report/`.
 
-What it shows: the chosen model (`sweep.selection.select`, validation figures only) and the
-Pareto front; AUROC, ECE and accuracy against density per sparse method; MOON's alpha per
-epoch of the auto-tuned arm against the searched arms; the chosen model beside the arms
-(moon_auto, sparse, sparse+voting, dense; those of its density level) with mean and 95%
-t-interval over seeds and paired deltas (test parts; validation beside); at equal density,
-per level of the space, the best searched trial against the arms trained there (tables and
-a trade-off plot against density); the chosen model's reliability diagram and ROC curves,
-re-evaluated from its checkpoint; Optuna's parameter importances; the hypervolume after each trial.
+What it shows: the chosen model (`sweep.selection.select`, validation figures only) with
+every setting it was trained and evaluated with (`sweep.records.run_settings`: the settings
+that apply, its test-time pick included) and the Pareto front; AUROC, ECE and accuracy
+against density per sparse method; MOON's alpha per epoch of the auto-tuned arm against the
+searched arms; the chosen model beside the arms (moon_auto, sparse, sparse+voting, dense;
+those of its density level) with mean and 95% t-interval over seeds and paired deltas (test
+parts; validation beside); at equal density, per level of the space, the best searched trial
+against the arms trained there (tables and a trade-off plot against density); the chosen
+model's reliability diagram and ROC curves, re-evaluated from its checkpoint; Optuna's
+parameter importances; the hypervolume after each trial. Figures are in points (x100), a
+bounded figure's interval shown clipped to [0, 100].
 
 The numbers are gathered by `sweep.gather`, drawn and written out by `sweep.render`; this
 module puts the two together, writes the folder and logs it to MLflow.
@@ -36,6 +39,7 @@ from typing import Any
 
 from engine.checkpoint import save_json
 from sweep.gather import TABLE_METRICS, Gathered, gather
+from sweep.records import RecordedSettings, run_settings
 from sweep.render import figures, render_html
 from sweep.state import SweepState
 from sweep.stores import mask_url, mlflow_client
@@ -85,7 +89,9 @@ def build_report(
     progress = on_progress or (lambda _: None)
     gathered = gather(state, progress)
     images, captions, reference = figures(gathered)
-    summary = summarize(gathered, reference)
+    chosen = gathered.chosen
+    settings = run_settings(state, chosen["mlflow_run_id"]) if chosen is not None else None
+    summary = summarize(gathered, reference, settings)
     progress("writing the report")
     out = _write(folder, summary, images, captions)
     report = Report(out, out / "report.html", sorted(out.glob("*.png")), summary)
@@ -97,8 +103,10 @@ def build_report(
     return report
 
 
-def summarize(g: Gathered, reference: list[float] | None) -> dict[str, Any]:
-    """The report's numbers as `report.json` holds them."""
+def summarize(
+    g: Gathered, reference: list[float] | None, settings: RecordedSettings | None = None
+) -> dict[str, Any]:
+    """The report's numbers as `report.json` holds them; `settings` the chosen trial's."""
     state, chosen = g.state, g.chosen
     trial_states: dict[str, int] = {}
     for row in g.all_rows:
@@ -113,6 +121,13 @@ def summarize(g: Gathered, reference: list[float] | None) -> dict[str, Any]:
         "seeds": list(state.space["seeds"]),
         "trial_states": trial_states,
         "chosen": {k: chosen.get(k) for k in SUMMARY_COLUMNS} if chosen else None,
+        # Every setting the chosen trial was trained and evaluated with; which of them its
+        # test-time grid picked on validation, and the variant and rule.
+        "chosen_settings": settings.settings if settings else None,
+        "chosen_picked": settings.picked if settings else [],
+        "chosen_test_time": (
+            {"pick": settings.pick, "rule": settings.rule} if settings and settings.pick else None
+        ),
         "arms": {k: r["mlflow_run_id"] for k, r in g.arm_rows.items() if r is not None},
         "reasons": g.reasons,
         "metrics": list(TABLE_METRICS),

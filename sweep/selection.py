@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from engine.config import ConfigError
+from engine.config import format_value as setting_text
 from sweep.constraints import OPS, Constraint
+from sweep.records import RecordedSettings
 from sweep.replay import retrain
 from sweep.spaces import SEARCH_ARM, SpaceConstraint
 from sweep.state import SweepState, TrialRow, seed_metrics, trial_rows
@@ -383,6 +385,37 @@ def _confirm(
     )
     selection.reasons += _against_baselines(selection, selection.chosen, chosen_means)
     selection.reasons += _paired(state, selection, selection.chosen)
+
+
+def settings_lines(recorded: RecordedSettings) -> list[str]:
+    """The chosen trial's settings (`sweep.records.run_settings`) as `moonsweep select`
+    prints them: one line per section, `--set` values, `*` on those its test-time grid
+    picked on validation.
+
+    >>> recorded = RecordedSettings({"moon.enabled": True, "moon.alpha": 0.5,
+    ...     "eval.primary": "dice", "epochs": 30, "seed": "0,1"}, ["eval.primary"],
+    ...     "weights/dice@70", "maximize val/auroc_near")
+    >>> for line in settings_lines(recorded):
+    ...     print(line)
+    settings of the chosen trial (those that apply; * picked on validation):
+      moon: enabled true, alpha 0.5
+      eval: primary dice*
+      run: epochs 30, seed 0,1
+      test-time variant kept: weights/dice@70 (maximize val/auroc_near)
+    """
+    picked = set(recorded.picked)
+    sections: dict[str, list[str]] = {}
+    for key, value in recorded.settings.items():
+        section, _, name = key.rpartition(".")
+        star = "*" if key in picked else ""
+        sections.setdefault(section or "run", []).append(f"{name} {setting_text(value)}{star}")
+    marked = "; * picked on validation" if picked else ""
+    head = f"settings of the chosen trial (those that apply{marked}):"
+    lines = [head, *(f"  {section}: {', '.join(items)}" for section, items in sections.items())]
+    if recorded.pick:
+        rule = f" ({recorded.rule})" if recorded.rule else ""
+        lines.append(f"  test-time variant kept: {recorded.pick}{rule}")
+    return lines
 
 
 def _paired(state: SweepState, selection: Selection, row: Row) -> list[str]:

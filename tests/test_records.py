@@ -11,6 +11,7 @@ the chosen model.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -235,10 +236,11 @@ def test_a_run_described_before_the_grid_keys_waited_keeps_them(tmp_path: Path) 
 SPACE = """
 base: default
 set:
-  epochs: 4
+  epochs: 6
   voting.epochs: 2
-  moon.warmup_epochs: 1
-  model.width: 32
+  moon.warmup_epochs: 2
+  model.width: 64
+  sparsity.density: 0.3
   sparsity.update_interval: 5
 parameters:
   sparsity.method: {distribution: categorical, choices: [rigl, static]}
@@ -252,7 +254,7 @@ test_time:
 objectives:
   - {metric: val/auroc_near, direction: maximize}
   - {metric: val/accuracy, direction: maximize}
-sampler: {name: random, seed: 1}
+sampler: {name: random, seed: 4}
 seeds: [0, 1]
 budget: {trials: 3, max_concurrent: 2}
 early_stopping: null
@@ -339,3 +341,40 @@ def test_every_run_logs_the_settings_its_results_were_produced_with(swept) -> No
                 set() if params["eval.primary"] == "dice" else {"eval.dice_percentile"}
             )
     assert arms == {"search", "moon_auto", "sparse", "sparse+voting", "dense"}
+
+
+def _settings_table(page: str) -> dict[str, str]:
+    """The chosen model's settings table of the report page: setting -> value."""
+    section = page.split("<h2>The chosen model</h2>", 1)[1].split("<h2>", 1)[0]
+    table = section.split("<table class='kv settings'>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", table)
+    return dict(rows)
+
+
+@pytest.mark.slow
+def test_the_report_and_select_show_the_chosen_models_settings(swept) -> None:
+    workdir, client = swept["workdir"], swept["client"]
+    proc = moonsweep("report", "rec", "--workdir", str(workdir), "--no-mlflow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = workdir / "rec" / "report"
+    summary = json.loads((folder / "report.json").read_text())
+    run_id = summary["chosen"]["mlflow_run_id"]
+    params = client.get_run(run_id).data.params
+    expected = {k: v for k, v in params.items() if not k.startswith("searched.")}
+    assert {k: str(v) for k, v in summary["chosen_settings"].items()} == expected
+    shown = _settings_table((folder / "report.html").read_text())
+    assert shown["eval.primary"] == params["eval.primary"]
+    assert shown["voting.mode"] == params["voting.mode"]
+    assert shown["moon.warmup_epochs"] == params["moon.warmup_epochs"]
+    assert set(shown) == set(expected)
+    assert set(summary["chosen_picked"]) == set(SETTINGS) & set(expected)
+
+    proc = moonsweep("select", "rec", "--workdir", str(workdir), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["chosen"]["mlflow_run_id"] == run_id
+    assert {k: str(v) for k, v in out["settings"].items()} == expected
+    text = moonsweep("select", "rec", "--workdir", str(workdir))
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert f"primary {params['eval.primary']}*" in text.stdout
+    assert f"mode {params['voting.mode']}*" in text.stdout

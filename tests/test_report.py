@@ -3,9 +3,11 @@ real trainings), checked against the stores, by hand and in headless Chromium.""
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +18,20 @@ from PIL import Image
 from runner import SMALL_SET, moonsweep
 from scipy import stats
 
-from sweep.gather import TABLE_METRICS
+from engine.config import effective_settings, format_value, validate_config
+from sweep import plots
+from sweep.gather import TABLE_METRICS, alpha_rows, row_label
 from sweep.hypervolume import hypervolume_history, nadir, volume_after
-from sweep.render import comparison_markdown
-from sweep.state import load_run_json, load_state
+from sweep.render import _cell, alpha_caption, comparison_markdown
+from sweep.state import finished_study, load_run_json, load_state
 from sweep.stats import t_interval
 from sweep.stores import make_storage
 
 pytestmark = pytest.mark.slow
 
-SPACE = SMALL_SET + """parameters:
+SPACE = (
+    SMALL_SET
+    + """parameters:
   sparsity.method: {distribution: categorical, choices: [rigl, set]}
   sparsity.density: {distribution: log_uniform, low: 0.05, high: 0.5}
   moon.alpha_mode: {distribution: categorical, choices: [auto, fixed]}
@@ -43,6 +49,7 @@ budget: {trials: 6, max_concurrent: 2}
 early_stopping: null
 report_every: 3
 """
+)
 IMAGES = {
     "pareto.png",
     "density.png",
@@ -268,4 +275,109 @@ def test_t_interval_by_hand() -> None:
         "table": {"test": {"dense": {"accuracy": three.as_dict()}}},
         "deltas": {"test": {}},
     }
+    # A figure without bounds (nll) is printed as computed; a bounded one (accuracy, in [0, 100]
+    # points) is clipped to its bounds, and the table says so.
+    summary["metrics"] = ["nll"]
+    summary["table"]["test"]["dense"] = {"nll": three.as_dict()}
     assert comparison_markdown(summary).splitlines()[-1] == "| dense | 200.00 [-48.41, 448.41] |"
+    summary["metrics"] = ["accuracy"]
+    summary["table"]["test"]["dense"] = {"accuracy": three.as_dict()}
+    lines = comparison_markdown(summary).splitlines()
+    assert lines[2] == "| dense | 200.00 [0.00, 100.00] |"
+    assert "clipped to [0, 100]" in lines[-1]
+
+
+# -- the chosen model's settings, points, bounds and counts --------------------------------------
+
+
+def _page(workdir: Path) -> str:
+    return (workdir / "rep" / "report" / "report.html").read_text()
+
+
+def _caption(page: str, image: str) -> str:
+    found = re.search(rf'alt="{re.escape(image)}"><figcaption class=note>(.*?)</figcaption>', page)
+    assert found, image
+    return html.unescape(found.group(1))
+
+
+def test_chosen_models_settings_table_lists_what_it_was_trained_with(reported) -> None:
+    workdir, summary, _ = reported
+    state, client = _client(workdir)
+    run_id = summary["chosen"]["mlflow_run_id"]
+    described = load_run_json(client, run_id, "trial.json")
+    configs = [validate_config(c) for c in described["configs"]]
+    expected = effective_settings(configs[0])  # this space has no test-time grid
+    expected["seed"] = "0,1"
+    section = _page(workdir).split("<h2>The chosen model</h2>", 1)[1].split("<h2>", 1)[0]
+    table = section.split("<table class='kv settings'>", 1)[1].split("</table>", 1)[0]
+    shown = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", table))
+    assert shown == {k: html.escape(format_value(v)) for k, v in expected.items()}
+    # What a user ships: the score and the voting mode, MOON's alpha settings of its mode.
+    assert shown["eval.primary"] == configs[0].eval.primary
+    assert shown["voting.mode"] == configs[0].voting.mode
+    assert "moon.warmup_epochs" in shown and "voting.epochs" in shown
+    auto = configs[0].moon.alpha_mode == "auto"
+    assert ("moon.alpha" in shown) != auto and ("moon.alpha_final" in shown) == auto
+    assert summary["chosen_settings"] == expected and summary["chosen_picked"] == []
+    # The run's MLflow params say the same.
+    params = client.get_run(run_id).data.params
+    assert {k: v for k, v in params.items() if not k.startswith("searched.")} == {
+        k: str(v) for k, v in expected.items()
+    }
+
+
+def test_alpha_caption_counts_the_trials_drawn(reported) -> None:
+    workdir, summary, _ = reported
+    moon = [r for r in summary["trials"] if r["arm"] == "search" and r["state"] == "done"]
+    assert 0 < len(moon) <= 60  # MOON is always on in this space; every one is drawn
+    assert _caption(_page(workdir), "alpha.png") == (
+        "Alpha logged per epoch (the mean over the trial's seeds)."
+    )
+
+
+def test_alpha_caption_counts_a_cut() -> None:
+    rows = [
+        {"arm": "search", "optuna": i, "trial": f"t{i}", "mlflow_run_id": str(i),
+         "moon.enabled": "True"}
+        for i in range(5)
+    ] + [{"arm": "moon_auto", "optuna": -1, "trial": "a", "mlflow_run_id": "a",
+          "moon.enabled": "True"}]  # fmt: skip
+    drawn = {row_label(r): [] for r in alpha_rows(rows, [rows[4]], limit=3)}
+    assert len(drawn) == 4  # the arm and 3 searched
+    assert " 3 of the 5 searched trials with MOON on are drawn" in alpha_caption(rows, drawn)
+    every = {row_label(r): [] for r in alpha_rows(rows, limit=60)}
+    assert " of the " not in alpha_caption(rows, every)
+
+
+def test_importances_say_how_many_trials_they_rest_on(reported) -> None:
+    workdir, _, _ = reported
+    state, _ = _client(workdir)
+    complete = [t for t in finished_study(state).trials if t.state.name == "COMPLETE"]
+    caption = _caption(_page(workdir), "importances.png")
+    assert f"on the {len(complete)} complete trials" in caption
+
+
+def test_levels_plot_in_points_with_bounded_bands() -> None:
+    def figures(mean: float, low: float, high: float) -> dict:
+        return {"mean": mean, "low": low, "high": high, "n": 2}
+
+    levels = [
+        {"density": d, "arms": {"moon_auto": {"figures": {
+            "auroc_near": figures(0.9, 0.7, 1.1), "accuracy": figures(0.95, 0.9, 1.0),
+            "ece": figures(0.02, -0.03, 0.07)}}}}
+        for d in (0.05, 0.1)
+    ]  # fmt: skip
+    fig = plots.levels_tradeoff(levels, scale=plots.POINTS)
+    for ax, metric in zip(fig.axes, plots.TRADEOFF_METRICS, strict=True):
+        assert ax.get_ylabel() == f"{metric} (points)" and "cut at 0 and 100" in ax.get_title()
+        [line] = ax.get_lines()
+        mean = levels[0]["arms"]["moon_auto"]["figures"][metric]
+        assert list(line.get_ydata()) == pytest.approx([100 * mean["mean"]] * 2)
+        [band] = ax.collections
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert ys.min() == pytest.approx(max(100 * mean["low"], 0.0))
+        assert ys.max() == pytest.approx(min(100 * mean["high"], 100.0))
+    # A bounded interval is printed within its bounds, a delta's within +-100.
+    assert _cell(t_interval([0.98, 1.0])) == "99.00 [86.29, 111.71]"
+    assert _cell(t_interval([0.98, 1.0]), bound=True) == "99.00 [86.29, 100.00]"
+    assert _cell(t_interval([-0.98, 1.0]), True, True) == "+1.00 [-100.00, +100.00]"
