@@ -39,7 +39,9 @@ SETTINGS = ("voting.mode", "eval.primary", "eval.dice_percentile")
 
 
 class PickRule(BaseModel):
-    """Which variant a trial keeps: the best mean over seeds of one validation metric."""
+    """Which variant a trial keeps: the best mean over seeds of one validation metric
+    (`val/...`: a space naming any other is refused on load, sweep/spaces.py; one that no
+    variant has is a `PickError` in `pick`)."""
 
     model_config = ConfigDict(extra="forbid")
     metric: str = "val/auroc_near"
@@ -185,9 +187,29 @@ def variant_figures(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if "/" not in k.removeprefix("val/")}
 
 
+class PickError(ValueError):
+    """A pick rule on a metric that no variant has (misspelt, or a figure these trainings
+    do not compute): there is nothing to choose by, so no variant is kept."""
+
+
 def pick(means: list[dict[str, float]], rule: PickRule) -> int:
     """The index of the variant `rule` keeps among per-variant figures (means over seeds);
-    the first on a tie, a NaN never kept unless all are."""
+    the first on a tie, a NaN (or a variant without the metric) never kept unless all are.
+    A metric that no variant has is a `PickError`, not the first variant.
+
+    >>> try:
+    ...     pick([{"val/auroc_near": 0.8, "auroc_near": 0.7}], PickRule(metric="val/auroc_nera"))
+    ... except PickError as exc:
+    ...     print(exc)
+    pick rule maximize val/auroc_nera: no variant has it; they have val/auroc_near
+    """
+    if not any(rule.metric in figures for figures in means):
+        # The headline validation figures, as a hint (not every OOD set's and score's).
+        have = sorted({k for f in means for k in f if k.startswith("val/") and k.count("/") == 1})
+        raise PickError(
+            f"pick rule {rule.describe()}: no variant has it; "
+            f"they have {', '.join(have) or 'no validation figures'}"
+        )
     sign = 1.0 if rule.direction == "maximize" else -1.0
 
     def key(i: int) -> float:

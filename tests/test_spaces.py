@@ -127,6 +127,20 @@ def test_every_validation_figure_may_be_decided_on(tmp_path: Path) -> None:
     assert space.early_stopping is not None and space.early_stopping.metric == "val_accuracy"
 
 
+def test_a_pick_on_a_metric_no_variant_has_is_an_error() -> None:
+    """Not the first variant: a failure the trial records (its `fail_reason`)."""
+    import math
+
+    from engine.test_time import PickError, PickRule, pick
+
+    means = [{"val/ece": 0.05, "ece": 0.04}, {"val/ece": math.nan, "ece": 0.03}]
+    with pytest.raises(PickError, match="no variant has it; they have val/ece$"):
+        pick(means, PickRule(metric="val/auroc_near"))
+    # Missing on some variants only: those are never kept, as a NaN.
+    assert pick([{}, {"val/auroc_near": 0.6}], PickRule(metric="val/auroc_near")) == 1
+    assert pick([{"val/ece": math.nan}, {}], PickRule(metric="val/ece")) == 0
+
+
 def test_unknown_space_name() -> None:
     with pytest.raises(ConfigError, match="spaces: .*default"):
         load_space("no-such-space")
