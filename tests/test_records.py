@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from runner import moonsweep
+from runner import SMALL_SET, moonsweep
 
 from engine.config import TrainConfig, effective_settings, load_config
 from engine.test_time import SETTINGS, variant_name
@@ -234,15 +234,9 @@ def test_a_run_described_before_the_grid_keys_waited_keeps_them(tmp_path: Path) 
 
 # -- a real sweep: every run's params are what its results were produced with -------------------
 
-SPACE = """
-base: default
-set:
-  epochs: 6
-  voting.epochs: 2
-  moon.warmup_epochs: 2
-  model.width: 64
-  sparsity.density: 0.3
-  sparsity.update_interval: 5
+SPACE = (
+    SMALL_SET
+    + """  sparsity.density: 0.3
 parameters:
   sparsity.method: {distribution: categorical, choices: [rigl, static]}
   moon.alpha_mode: {distribution: categorical, choices: [auto, fixed]}
@@ -261,6 +255,7 @@ budget: {trials: 3, max_concurrent: 2}
 early_stopping: null
 report_every: 2
 """
+)
 
 
 @pytest.fixture(scope="module")
