@@ -36,18 +36,21 @@ from engine.data import load_suite
 from engine.evaluate import evaluate, score_inputs
 from engine.predict import Predictor
 from engine.scores import compute_score, mean_probs
-from sweep.levels import Level, compare_levels
+from engine.test_time import PickRule
+from sweep.contrasts import differences, match
+from sweep.levels import Level, compare_levels, pick_rule
 from sweep.naming import FINAL_DIR
 from sweep.selection import Selection, select
 from sweep.spaces import SEARCH_ARM
 from sweep.state import (
+    SeedRecords,
     SweepState,
     TrialRow,
     finished_study,
-    seed_metrics,
+    seed_records,
     trial_rows,
 )
-from sweep.stats import Interval, arm_table
+from sweep.stats import Interval, Paired, arm_table, correct, paired_test
 from sweep.stores import mlflow_client
 
 Row = Mapping[str, Any]
@@ -105,13 +108,14 @@ class Gathered:
     notes: list[str]  # why the choice was made without the space's constraints, or not at all
     arm_rows: dict[str, TrialRow | None]  # ARMS key -> its trial
     table: dict[str, dict[str, dict[str, Any]]]  # part -> arm -> metric -> interval
-    deltas: dict[str, dict[str, dict[str, Any]]]  # part -> arm -> metric -> paired interval
+    deltas: dict[str, dict[str, dict[str, Any]]]  # part -> arm -> metric -> paired difference
     alpha: dict[str, list[tuple[int, float]]]  # row_label -> (epoch, alpha)
     reevaluated: Reevaluation | None
     study: optuna.Study | None  # trials that ran to the end only
     levels: list[Level] = field(default_factory=list)  # per density level, if the space has any
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     no_importances: str = ""  # why there are none
+    delta_settings: dict[str, str] = field(default_factory=dict)  # arm -> shared setting
 
     @property
     def chosen(self) -> TrialRow | None:
@@ -172,16 +176,36 @@ def arms_of(rows: Sequence[TrialRow], chosen: TrialRow | None) -> dict[str, Tria
 
 
 def compare_arms(
-    per_arm: Mapping[str, Mapping[int, Mapping[str, float]]],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per part, the TABLE_METRICS of each arm (mean, t-interval over seeds) and the chosen
-    arm's paired deltas, keyed by the metric's test-part name."""
-    table, deltas = {}, {}
+    per_arm: Mapping[str, SeedRecords], rule: PickRule
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Per part, the TABLE_METRICS of each arm at its kept variant (mean, t-interval over
+    seeds), the chosen trial's paired differences against each arm at one shared test-time
+    setting (`sweep.contrasts.match`, picked on validation), Holm-corrected over the arms
+    and metrics of each part's table, keyed by the metric's test-part name; and each
+    difference's setting in words."""
+    table: dict[str, Any] = {}
+    deltas: dict[str, Any] = {}
+    per_seed = {arm: r.metrics for arm, r in per_arm.items()}
+    chosen = per_arm.get("chosen")
+    matches = {
+        arm: match(chosen.variants, r.variants, rule, (chosen.picked, r.picked))
+        for arm, r in per_arm.items()
+        if chosen is not None and arm != "chosen"
+    }
     for part, prefix in PARTS:
-        stats, paired = arm_table(per_arm, [prefix + m for m in TABLE_METRICS])
+        metrics = [prefix + m for m in TABLE_METRICS]
+        stats, _ = arm_table(per_seed, metrics)
         table[part] = _plain(stats, prefix)
+        paired: dict[str, dict[str, Paired]] = {}
+        for arm, m in matches.items():
+            paired[arm] = {}
+            for metric in metrics:
+                _, diffs = differences(chosen.variants, per_arm[arm].variants, m, metric)  # type: ignore[union-attr]
+                if diffs:
+                    paired[arm][metric] = paired_test(diffs)
+        correct([p for figures in paired.values() for p in figures.values()])
         deltas[part] = _plain(paired, prefix)
-    return table, deltas
+    return table, deltas, {arm: m.setting for arm, m in matches.items()}
 
 
 def _plain(stats: dict[str, dict[str, Interval]], prefix: str) -> dict[str, dict[str, Any]]:
@@ -312,9 +336,9 @@ def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
     progress("per-seed figures of the compared arms")
     arm_rows = arms_of(rows, chosen)
     per_arm = {
-        k: seed_metrics(state, r["mlflow_run_id"]) for k, r in arm_rows.items() if r is not None
+        k: seed_records(state, r["mlflow_run_id"]) for k, r in arm_rows.items() if r is not None
     }
-    table, deltas = compare_arms(per_arm)
+    table, deltas, delta_settings = compare_arms(per_arm, pick_rule(state))
 
     levels = compare_levels(state, all_rows)
     if levels:
@@ -344,6 +368,7 @@ def gather(state: SweepState, progress: Progress = lambda _: None) -> Gathered:
         reevaluated,
         study=finished_study(state),  # early-stopped trials hold mid-training figures: not here
         levels=levels,
+        delta_settings=delta_settings,
     )
     gathered.no_importances = "fewer than 2 complete Optuna trials"
     if len(gathered.complete) >= 2:

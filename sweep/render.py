@@ -30,7 +30,7 @@ from engine.config import format_value as setting_text
 from sweep import plots
 from sweep.gather import ARMS, Gathered, row_label
 from sweep.hypervolume import nadir, plot_history
-from sweep.levels import SEARCHED
+from sweep.levels import HOLM, SEARCHED
 from sweep.plots import POINTS, bounded
 from sweep.selection import pareto_front
 from sweep.spaces import SEARCH_ARM
@@ -197,6 +197,22 @@ def _cell(interval: Interval, signed: bool = False, bound: bool = False) -> str:
     return f"{mean} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
+def _interval(figures: dict[str, Any]) -> Interval:
+    """The interval of a stored figure (a paired one also holds its p-values)."""
+    return Interval(figures["mean"], figures["low"], figures["high"], figures["n"])
+
+
+def _delta_label(summary: dict[str, Any], arm: str, labels: dict[str, str]) -> str:
+    """`best searched - <arm>`, with the shared test-time setting where one was recorded."""
+    setting = summary.get("delta_settings", {}).get(arm)
+    return f"best searched - {labels.get(arm, arm)}" + (f" ({setting})" if setting else "")
+
+
+def _delta_cell(figures: dict[str, Any], bound: bool) -> str:
+    """A paired difference's cell: a * where Holm's correction over its table shows it."""
+    return _cell(_interval(figures), True, bound) + (" *" if figures.get("shown") else "")
+
+
 def _clips(interval: Interval, signed: bool = False) -> bool:
     """Whether a bounded figure's interval passes its bounds (and `_cell` clips it)."""
     floor = -1.0 if signed else 0.0
@@ -225,16 +241,16 @@ def comparison_markdown(summary: dict[str, Any], part: str = "test") -> str:
     ]
     clipped = False
     for arm, figures in table.items():
-        cells = [_cell(Interval(**figures[m]), bound=bounded(m)) for m in metrics]
-        clipped |= any(bounded(m) and _clips(Interval(**figures[m])) for m in metrics)
+        cells = [_cell(_interval(figures[m]), bound=bounded(m)) for m in metrics]
+        clipped |= any(bounded(m) and _clips(_interval(figures[m])) for m in metrics)
         lines.append(f"| {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
     if deltas:
         lines += ["", "| paired delta (points) | " + " | ".join(metrics) + " |"]
         lines.append("|---|" + "---|" * len(metrics))
         for arm, figures in deltas.items():
-            cells = [_cell(Interval(**figures[m]), True, bounded(m)) for m in metrics]
-            clipped |= any(bounded(m) and _clips(Interval(**figures[m]), True) for m in metrics)
-            lines.append(f"| best searched - {labels.get(arm, arm)} | " + " | ".join(cells) + " |")
+            cells = [_delta_cell(figures[m], bounded(m)) for m in metrics]
+            clipped |= any(bounded(m) and _clips(_interval(figures[m]), True) for m in metrics)
+            lines.append(f"| {_delta_label(summary, arm, labels)} | " + " | ".join(cells) + " |")
     if clipped:
         lines += ["", f"({CLIPPED})"]
     return "\n".join(lines)
@@ -245,27 +261,28 @@ def _comparison_html(summary: dict[str, Any], part: str) -> str:
     labels = dict(ARMS)
     table, deltas = summary["table"][part], summary["deltas"][part]
     body = [
-        [labels.get(arm, arm), *(_cell(Interval(**figures[m]), bound=bounded(m)) for m in metrics)]
+        [labels.get(arm, arm), *(_cell(_interval(figures[m]), bound=bounded(m)) for m in metrics)]
         for arm, figures in table.items()
     ]
     out = html_table(["arm", *metrics], body)
     if deltas:
         body = [
-            [f"best searched - {labels.get(arm, arm)}"]
-            + [_cell(Interval(**figures[m]), True, bounded(m)) for m in metrics]
+            [_delta_label(summary, arm, labels)]
+            + [_delta_cell(figures[m], bounded(m)) for m in metrics]
             for arm, figures in deltas.items()
         ]
         out += html_table(["paired delta (points)", *metrics], body)
     return out
 
 
-def _level_cell(figures: dict[str, float] | None, signed: bool = False, bound: bool = False) -> str:
+def _level_cell(figures: dict[str, Any] | None, signed: bool = False, bound: bool = False) -> str:
     """A per-level cell in points (a bounded figure's interval clipped, as `_cell`); a paired
-    delta whose interval excludes 0 gets a *."""
+    difference that Holm's correction over its table shows (`shown`) gets a *."""
     if figures is None:
         return "-"
-    cell = _cell(Interval(**figures), signed, bound)
-    if signed and (figures["low"] > 0 or figures["high"] < 0):
+    interval = Interval(figures["mean"], figures["low"], figures["high"], figures["n"])
+    cell = _cell(interval, signed, bound)
+    if signed and figures.get("shown"):
         cell += " *"
     return cell
 
@@ -288,14 +305,25 @@ def levels_html(levels: Sequence[dict[str, Any]], part: str = "test") -> str:
         for name, arm in lv["arms"].items():
             trial = f"optuna #{arm['optuna']}" if arm["optuna"] >= 0 else arm["trial"]
             cells = [_level_cell(arm["figures"].get(m), bound=bounded(m)) for m in metrics]
-            body.append([name, trial, *cells])
+            body.append([name, trial, arm.get("variant", ""), *cells])
+        settings = {k: c["setting"] for k, c in lv.get("contrasts", {}).items()}
         for pair, figures in lv["deltas"].items():
             cells = [_level_cell(figures.get(m), True, bounded(m)) for m in metrics]
-            body.append([pair, "paired", *cells])
+            body.append([pair, "paired", settings.get(pair, ""), *cells])
         note = html.escape(lv["note"]) + "." if lv["note"] else "every arm present."
+        searched = lv.get("searched_trials", 0)
+        where = html.escape(lv.get("seeds_text", ""))
+        ran = (
+            f" {searched} searched trial{'s' if searched != 1 else ''} ran here;"
+            if searched
+            else ""
+        )
+        verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in lv.get("verdicts", []))
         out.append(
-            f"<h3>density {lv['density']:g}</h3><p class=note>{seeds} paired seeds; {note}</p>"
-            + html_table(["arm", "trial", *metrics], body, css="level")
+            f"<h3>density {lv['density']:g}</h3><p class=note>{seeds} paired seeds ({where});"
+            f"{ran} {note}</p>"
+            + html_table(["arm", "trial", "test-time", *metrics], body, css="level")
+            + (f"<ul class=verdicts>{verdicts}</ul>" if verdicts and not val else "")
         )
     return "".join(out)
 
@@ -407,7 +435,9 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     parts.append(f"<h2>The chosen model against the arms{at}</h2>")
     parts.append(
         f"<p class=note>Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the "
-        "seeds (each arm trained on the same seeds and split); paired deltas are per seed; "
+        "seeds (each arm trained on the same seeds and split, at the test-time variant it "
+        "picked on validation); paired deltas are per seed, both sides at one shared "
+        f"test-time setting (in the row's label); * : shown after {HOLM} over the table; "
         f"{CLIPPED}.</p>"
     )
     parts.append("<h3>Test parts</h3>" + _comparison_html(summary, "test"))
@@ -415,12 +445,27 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes], captions: dic
     parts.append(_comparison_html(summary, "val"))
     parts.append("<h2>At equal density</h2>")
     if summary.get("levels"):
+        family = max(
+            (
+                f.get("holm_family", 0)
+                for lv in summary["levels"]
+                for d in lv["deltas"].values()
+                for m, f in d.items()
+                if not m.startswith("val/")
+            ),
+            default=0,
+        )
         parts.append(
             "<p class=note>Per density level of the space, the best searched trial there "
             "(meeting the space's constraints, best first objective on validation) beside the "
             "arms trained at exactly that density with the same sparse method, seeds and split. "
             f"Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the seeds; "
-            f"paired deltas are per seed (* where the interval excludes 0); {CLIPPED}.</p>"
+            "each row at the test-time variant (voting mode / OOD score) its rule picked on "
+            "validation, and MOON as published (msp) as its own row. Each paired contrast takes "
+            "both trainings at one shared test-time setting, picked on validation (its column "
+            "says which, or that it is not shared); picked - msp is the score choice on the "
+            f"same trained models. * : shown after {HOLM} over the {family} paired comparisons "
+            f"of the test table (the validation table is its own family); {CLIPPED}.</p>"
         )
         parts.append(html_figure(images, "levels.png", captions.get("levels.png", "")))
         parts.append(html_table([], [[k, v] for k, v in LEVEL_ARMS_TEXT.items()], css="kv"))

@@ -133,6 +133,7 @@ def summarize(
         "metrics": list(TABLE_METRICS),
         "table": g.table,
         "deltas": g.deltas,
+        "delta_settings": g.delta_settings,  # arm -> the shared test-time setting of its delta
         "levels": [lv.as_dict() for lv in g.levels],
         "importances": g.importances,
         "hypervolume_reference": reference,

@@ -319,7 +319,7 @@ class SearchSpace(_Strict):
     resources: Resources = Field(default_factory=Resources)
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
     retry: Retry = Field(default_factory=Retry)
-    # Settings chosen after training on validation (searched trials only; engine/test_time.py)
+    # Settings chosen after training on validation (every trial, arms too; engine/test_time.py)
     # and seed racing (sweep/racing.py); docs/search-spaces.md says what each does.
     test_time: TestTime | None = None
     race: Race | None = None
@@ -462,8 +462,9 @@ class SearchSpace(_Strict):
         return [(o.metric, o.mode) for o in self.objectives if o.metric != "density"]
 
     def test_time_for(self, config: dict[str, Any]) -> TestTime | None:
-        """The test-time grid of a trial: searched trials only (arms are as published)."""
-        return self.test_time if config.get("arm") == SEARCH_ARM else None
+        """The test-time grid of a trial: the same for every arm, so that a contrast can take
+        both sides at one shared setting (sweep/contrasts.py)."""
+        return self.test_time
 
     @property
     def epochs(self) -> int:

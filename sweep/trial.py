@@ -288,15 +288,15 @@ def run_trial(config: dict[str, Any], space: SearchSpace) -> None:
                 save_json(out / f"metrics-seed{seed}.json", result.metrics)
             if finished.variants:
                 save_json(out / "variants.json", finished.variants)
-                for seed, figures in finished.seed_variants.items():
-                    save_json(
-                        out / f"variants-seed{seed}.json",
-                        {
-                            "picked": final["test_time_pick"],
-                            "published": final["test_time_published"],
-                            "variants": figures,
-                        },
-                    )
+            for seed, figures in finished.seed_variants.items():
+                save_json(
+                    out / f"variants-seed{seed}.json",
+                    {
+                        "picked": finished.picked,
+                        "published": finished.published,
+                        "variants": figures,
+                    },
+                )
             tune.report(reported(final, space), checkpoint=tune.Checkpoint.from_directory(tmp))
     except Exception as exc:  # failures are data: record why, let the sweep go on
         epoch = exc.epoch if isinstance(exc, TrainingFailed) else 0
@@ -318,6 +318,8 @@ class Finished:
     # seed -> variant name -> its figures (`variant_figures`): what comparisons at one shared
     # test-time setting read (`final/variants-seed<s>.json`).
     seed_variants: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    picked: str = ""  # the variant kept (without a grid: the config's own, its one variant)
+    published: str = ""  # the variant the config names (for an arm: as published)
 
 
 def _train(
@@ -423,6 +425,9 @@ def _finish(
     if test_time is None:
         results = [run.finish() for run in runs]
         table = None
+        # Its one variant, named, so that a contrast reads which setting it has.
+        name = variant_name(runs[0].cfg)
+        seed_variants = {r.config.seed: {name: variant_figures(r.metrics)} for r in results}
     else:
         for run in runs:
             if run.cfg.seed not in evaluated:
@@ -453,7 +458,9 @@ def _finish(
         final["test_time_published"] = variant_name(runs[0].cfg)
         final["test_time_rule"] = test_time.pick.describe()
     final["history"] = history
-    return Finished(final, results, table, seed_variants)
+    published = variant_name(runs[0].cfg)
+    kept = final.get("test_time_pick", published)
+    return Finished(final, results, table, seed_variants, kept, published)
 
 
 def _race(
