@@ -454,6 +454,24 @@ def select(
 
 
 @app.command()
+def confirm(
+    name: Annotated[str, typer.Argument(help="The sweep")],
+    seeds: Annotated[int, Opt(help="How many fresh seeds, after the space's (shared by all)")],
+    workdir: Annotated[str | None, Opt(help="Work directory")] = None,
+) -> None:
+    """Re-train each level's best searched trial and its arms on N fresh seeds, for the
+    per-level table (`status`, `report`) to show confirmed figures; run again to resume."""
+    _crash_reports_to(workdir, name)
+    from sweep.confirm import confirm as confirm_levels  # lazy: the engine's training
+    from sweep.confirm import summary_lines
+
+    quiet_libraries()
+    state, _ = load_state(name, workdir)
+    done = confirm_levels(state, seeds, on_progress=lambda line: typer.echo(line, err=True))
+    typer.echo("\n".join(summary_lines(done, name)))
+
+
+@app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME/VERSION or an MLflow URI")],
     inputs: Annotated[

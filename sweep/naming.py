@@ -67,6 +67,11 @@ FAILURE_TAG = "moonsweep.failure"  # why it failed: sweep.failures' kinds
 FAIL_REASON_TAG = "moonsweep.fail_reason"  # what it failed on, in words
 RACED_TAG = "moonsweep.raced_out"  # raced out by seed racing; the value says by what
 FINAL_DIR = "final"  # a finished trial's artifacts: metrics and one model per seed
+# A confirmed trial's artifacts (`moonsweep confirm`): per fresh seed, as under FINAL_DIR
+# (`metrics-seed<s>.json`, `variants-seed<s>.json`), no models.
+CONFIRM_DIR = "confirm"
+# On the sweep's parent run: the fresh seeds `moonsweep confirm` trains, comma-separated.
+CONFIRM_TAG = "moonsweep.confirm_seeds"
 # In a sweep's folder: trials that ended after Ray's last save, kept on resume (sweep.adoption).
 ADOPTED_FILE = "adopted.json"
 FRONT_TAG = "moonsweep.front"  # on the feasible Pareto front of the finished trials

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -39,6 +40,8 @@ from sweep.driver_lock import driver_holds
 from sweep.failures import COLLAPSED, CONFIG_FAULTS
 from sweep.naming import (
     ARM_TAG,
+    CONFIRM_DIR,
+    CONFIRM_TAG,
     FAIL_REASON_TAG,
     FAILURE_TAG,
     FINAL_DIR,
@@ -309,24 +312,32 @@ class SeedRecords:
 RECORDED = "as recorded"  # the variant name of a trial that logged no test-time grid
 
 
-def seed_records(state: SweepState, run_id: str) -> SeedRecords:
-    """The per-seed files a trial logged (`final/metrics-seed<s>.json` and, with a
-    test-time grid, `final/variants-seed<s>.json`), for the seeds it trained."""
+def seed_records(
+    state: SweepState,
+    run_id: str,
+    folder: str = FINAL_DIR,
+    seeds: Sequence[int] | None = None,
+) -> SeedRecords:
+    """The per-seed files a trial logged under `folder` (`final/metrics-seed<s>.json` and,
+    with a test-time grid, `final/variants-seed<s>.json`), for `seeds` (default: the seeds
+    the space trains); a seed without its metrics file is left out (raced out before it, or
+    not confirmed yet). `folder` CONFIRM_DIR reads `moonsweep confirm`'s, which are in the
+    same format (`confirmed_records`)."""
     # One lookup of the run and one listing for all its files (the client's download looks
     # the run up twice per file: most of the time at the end of a sweep).
     uri = mlflow_client(state.tracking_uri).get_run(run_id).info.artifact_uri
     repository = get_artifact_repository(uri)
-    present = {Path(f.path).name for f in repository.list_artifacts(FINAL_DIR)}
+    present = {Path(f.path).name for f in repository.list_artifacts(folder)}
     metrics: dict[int, dict[str, float]] = {}
     variants: dict[int, dict[str, dict[str, float]]] = {}
     picked = published = ""
     with tempfile.TemporaryDirectory() as tmp:
 
         def read(name: str) -> Any:
-            with open(repository.download_artifacts(f"{FINAL_DIR}/{name}", tmp)) as handle:
+            with open(repository.download_artifacts(f"{folder}/{name}", tmp)) as handle:
                 return json.load(handle)
 
-        for seed in (int(s) for s in state.space["seeds"]):
+        for seed in (int(s) for s in (state.space["seeds"] if seeds is None else seeds)):
             if f"metrics-seed{seed}.json" not in present:
                 continue  # raced out before this seed
             metrics[seed] = read(f"metrics-seed{seed}.json")
@@ -343,3 +354,20 @@ def seed_records(state: SweepState, run_id: str) -> SeedRecords:
 def seed_metrics(state: SweepState, run_id: str) -> dict[int, dict[str, float]]:
     """The per-seed final metrics a trial logged (`final/metrics-seed<s>.json`), by seed."""
     return seed_records(state, run_id).metrics
+
+
+def confirm_seeds(state: SweepState) -> list[int]:
+    """The fresh seeds `moonsweep confirm` trains the sweep's levels on (the parent run's
+    CONFIRM_TAG), [] when it has not been run."""
+    tag = mlflow_client(state.tracking_uri).get_run(state.parent_run_id).data.tags.get(CONFIRM_TAG)
+    return [int(s) for s in tag.split(",")] if tag else []
+
+
+def confirmed_records(state: SweepState, run_id: str) -> SeedRecords | None:
+    """A trial's figures on the confirmation seeds (`moonsweep confirm`: `confirm/` on its
+    run, in `seed_records`' format), or None unless every confirmation seed is there."""
+    seeds = confirm_seeds(state)
+    if not seeds:
+        return None
+    records = seed_records(state, run_id, CONFIRM_DIR, seeds)
+    return records if set(records.metrics) == set(seeds) else None
