@@ -363,10 +363,14 @@ def confirm_seeds(state: SweepState) -> list[int]:
     return [int(s) for s in tag.split(",")] if tag else []
 
 
-def confirmed_records(state: SweepState, run_id: str) -> SeedRecords | None:
+def confirmed_records(
+    state: SweepState, run_id: str, seeds: Sequence[int] | None = None
+) -> SeedRecords | None:
     """A trial's figures on the confirmation seeds (`moonsweep confirm`: `confirm/` on its
-    run, in `seed_records`' format), or None unless every confirmation seed is there."""
-    seeds = confirm_seeds(state)
+    run, in `seed_records`' format), or None unless every confirmation seed is there.
+    `seeds`: `confirm_seeds(state)` read once by a caller that reads many trials (default:
+    read here, one lookup of the parent run)."""
+    seeds = confirm_seeds(state) if seeds is None else list(seeds)
     if not seeds:
         return None
     records = seed_records(state, run_id, CONFIRM_DIR, seeds)

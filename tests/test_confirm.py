@@ -143,6 +143,8 @@ def test_confirmed_records_are_a_training_by_hand_on_those_seeds(swept: dict) ->
     for run_id in (searched, arm):
         records = confirmed_records(state, run_id)
         assert records is not None and sorted(records.metrics) == FRESH
+        assert confirmed_records(state, run_id, FRESH) == records  # seeds read once by a caller
+        assert confirmed_records(state, run_id, [*FRESH, 3]) is None  # not every seed there
         final = seed_records(state, run_id)
         kept, by_hand = retrain_trial(state, run_id, FRESH)
         cfg = validate_config(load_run_json(client, run_id, "trial.json")["configs"][0])
