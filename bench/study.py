@@ -10,19 +10,34 @@ and `dense` once (no mask, no MOON, no voting). Each arm is trained with seeds 0
 (`seed=<s>`); the data split stays fixed (data.split_seed), so every arm of every level sees
 the same seeds and the same split.
 
-Prints, all figures in percent (x100) of the test-split metrics (primary score msp), per level:
-  1. per arm: mean +- std over seeds of accuracy, auroc_near, auroc_far, ece, fpr95_near;
-  2. paired per-seed deltas (moon_auto - sparse, sparse+voting - sparse,
-     moon_auto - sparse+voting, each sparse arm - dense): mean, 95% interval
-     mean +- t_{0.975,n-1} * sd / sqrt(n), Wilcoxon signed-rank p; * where the interval
-     excludes 0;
-  3. MOON's activity: median alpha_0 and the training error after warm-up (the share of
-     samples MOON's weight acts on).
-Progress goes to stderr, one line per finished run. `--json` also writes every run's config
-and full metric dict, so any figure can be re-derived; `--plot` writes the trade-off plot
-(near-OOD AUROC, accuracy, ECE against density, 95% interval bands).
+Test-time settings, as the sweep treats them (engine/test_time.py): every training is
+evaluated on the test-time grid of the default search space (search_spaces/default.yaml,
+`test_time`: voting mode x score x DICE percentile; the voting modes for the arms that vote
+only, the `unknown` score for MOON only). Each arm keeps every variant's figures per seed
+and picks its variant by the grid's rule on validation means (maximize val/auroc_near), as a
+sweep's trial does; its published variant is the config's own (msp, its voting mode).
 
-Run (from the repository root; about 3 s per run on one core, 13 runs per seed for 4 levels):
+Prints, all figures in percent (x100) of the test-split metrics, per level:
+  1. per arm at its pick (the variant named), and `moon_auto (published)` at msp as in the
+     paper: mean +- std over seeds of accuracy, auroc_near, auroc_far, ece, fpr95_near;
+  2. paired per-seed contrasts, each at one shared setting (sweep/contrasts.py `match`: the
+     same score, the same voting mode where both vote, picked jointly on validation):
+     moon_auto - sparse, sparse+voting - sparse, moon_auto - sparse+voting, each sparse arm
+     - dense; the score choice per arm, `picked - msp` (same trained models, same voting
+     mode); and the published contrast moon_auto (msp) - sparse (msp). Each: mean, 95%
+     t-interval, paired t and Wilcoxon p (sweep/stats.py `paired_test`); Holm's correction
+     over the whole test table (every level, contrast and metric, and dense's score choice;
+     `correct`), * only where Holm's p < 0.05. A contrast equal on every seed has no
+     interval, no p and no star;
+  3. a verdict per level on near-OOD AUROC from the corrected figures;
+  4. MOON's activity: median alpha_0 and the training error after warm-up (the share of
+     samples MOON's weight acts on).
+Progress goes to stderr, one line per finished run. `--json` also writes every run's config,
+its published variant's full metric dict and every variant's figures, and each contrast's
+p-values (t, Wilcoxon, Holm), so any figure can be re-derived; `--plot` writes the trade-off
+plot (near-OOD AUROC, accuracy, ECE against density at each arm's pick, 95% interval bands).
+
+Run (from the repository root; about 1-2 s per run on one core, 13 runs per seed for 4 levels):
     .venv/bin/python bench/study.py --seeds 20 --densities 0.02,0.05,0.1,0.2 --jobs 2 \\
         --json bench/out/study-levels.json --plot bench/study-levels.png
 """
@@ -46,6 +61,7 @@ import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from functools import cache  # noqa: E402
 from typing import Any  # noqa: E402
 
 import matplotlib  # noqa: E402
@@ -68,9 +84,31 @@ from engine.config import (  # noqa: E402
     resolve_source,
 )
 from engine.sparse_methods import DENSE  # noqa: E402
-from engine.train import train  # noqa: E402
+from engine.test_time import (  # noqa: E402
+    TestTime,
+    collected_modes,
+    pick,
+    variant_figures,
+    variant_name,
+    variants,
+)
+from engine.train import Run  # noqa: E402
+from sweep.contrasts import (  # noqa: E402
+    UNMATCHED,
+    Match,
+    Variants,
+    candidates,
+    differences,
+    match,
+    means,
+    msp_of,
+    names,
+)
+from sweep.spaces import load_space  # noqa: E402
+from sweep.stats import Paired, correct, paired_test  # noqa: E402
 
 PRESET = "default"
+SPACE = "default"  # whose `test_time` grid every training is evaluated on
 METRICS = ("accuracy", "auroc_near", "auroc_far", "ece", "fpr95_near")
 SPARSE_ARMS = ("moon_auto", "sparse", "sparse+voting")
 DENSE_ARM = "dense"
@@ -82,6 +120,18 @@ COMPARISONS = (
     ("moon_auto", DENSE_ARM),
     ("sparse", DENSE_ARM),
     ("sparse+voting", DENSE_ARM),
+)
+# The score choice, per arm: the picked variant against msp in the same voting mode.
+SCORE_CHOICE = (*SPARSE_ARMS, DENSE_ARM)
+PUBLISHED = "moon_auto (published)"
+# The paper's setting: each side at its own config's variant (msp).
+PUBLISHED_CONTRAST = (PUBLISHED, "sparse (published)")
+# Each level's verdicts, on VERDICT_METRIC: (contrast, what mine is, what theirs is).
+VERDICT_METRIC = "auroc_near"
+VERDICTS = (
+    ("moon_auto - sparse", "MOON", "plain sparse training"),
+    ("sparse+voting - sparse", "voting alone", "plain sparse training"),
+    ("moon_auto - sparse+voting", "MOON", "voting alone"),
 )
 PLOTTED = (("auroc_near", "near-OOD AUROC (%)"), ("accuracy", "accuracy (%)"), ("ece", "ECE (%)"))
 
@@ -111,13 +161,35 @@ def build_config(arm: str, density: float | None, common: list[str], seed: int) 
     return load_config(PRESET, [*common, *fit_schedule(common), *settings, f"seed={seed}"])
 
 
+@cache
+def test_time() -> TestTime:
+    """The test-time grid every training is evaluated on: the default search space's."""
+    return load_space(SPACE).test_time or TestTime()
+
+
+def grid_names(cfg: TrainConfig) -> list[str]:
+    """The variants of `cfg` on the grid (those its scores and voting allow), in grid order."""
+    tt = test_time()
+    grid = tt.grid(cfg.voting.mode != "off", list(cfg.eval.scores), cfg.eval.dice_percentile)
+    return [v.name for v in grid]
+
+
 def run_task(task: Task) -> dict[str, Any]:
-    """Train one arm at one level for one seed; its record for the JSON (picklable)."""
+    """Train one arm at one level for one seed, evaluate every test-time variant; its record
+    for the JSON (picklable)."""
     arm, density, seed, common = task
     cfg = build_config(arm, density, common, seed)
+    tt = test_time()
     started = time.perf_counter()
-    result = train(cfg)
-    hist = result.history
+    # The same training as engine.train.train(cfg); it also keeps the snapshots the grid's
+    # other voting mode folds (the training does not depend on which modes are kept).
+    run = Run(cfg, None, collected_modes(cfg, tt))
+    while not run.done:
+        run.train_epoch()
+    evaluated = variants(run, tt)
+    by_name = {variant_name(v.config): v for v in evaluated}
+    published = variant_name(cfg)
+    hist = run.history
     warm = cfg.moon.warmup_epochs
     active = hist[warm:] if cfg.moon.enabled else []
     # MOON up-weights only misclassified samples, so the training error over the epochs after
@@ -134,29 +206,11 @@ def run_task(task: Task) -> dict[str, Any]:
         "final_train_accuracy": hist[-1]["train_accuracy"],
         "achieved_density": hist[-1]["density"],
         "config": cfg.model_dump(mode="json"),
-        "metrics": result.metrics,
-    }
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float | None]:
-    """Mean paired delta a - b, its 95% t-interval and the Wilcoxon signed-rank p-value."""
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    n = len(d)
-    mean = statistics.fmean(d)
-    sd = statistics.stdev(d) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
-    try:
-        p: float | None = float(stats.wilcoxon(d).pvalue)
-    except ValueError:  # all deltas zero, or too few seeds
-        p = None
-    return {
-        "mean": mean,
-        "sd": sd,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
-        "wilcoxon_p": p,
-        "n_positive": sum(x > 0 for x in d),
-        "n": n,
+        # The published variant's every figure (those of `train(cfg)`), then every variant's
+        # compact figures (test and validation; engine.test_time.variant_figures).
+        "published": published,
+        "metrics": by_name[published].metrics,
+        "variants": {name: variant_figures(v.metrics) for name, v in by_name.items()},
     }
 
 
@@ -225,7 +279,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             [base.sparsity.density] if args.densities is None else parse_densities(args.densities)
         )
         for arm in (*SPARSE_ARMS, DENSE_ARM):  # every arm's config is valid before any trains
-            build_config(arm, args.densities[0], args.common, 0)
+            cfg = build_config(arm, args.densities[0], args.common, 0)
+            if variant_name(cfg) not in grid_names(cfg):
+                raise ConfigError(
+                    f"{arm}'s own test-time setting {variant_name(cfg)} is not on the grid of "
+                    f"search space {SPACE!r} ({', '.join(grid_names(cfg))}): its published "
+                    "figures would be missing"
+                )
     except ConfigError as exc:
         ap.error(str(exc))
     except ValueError as exc:
@@ -269,17 +329,80 @@ def execute(todo: list[Task], jobs: int, threads: int) -> Iterator[dict[str, Any
         sys.path[:] = saved
 
 
-def summarize(runs: list[dict[str, Any]], densities: list[float]) -> dict[str, Any]:
-    def values(arm: str, density: float | None) -> dict[str, list[float]]:
-        chosen = [r for r in runs if r["arm"] == arm and r["density"] == density]
-        chosen.sort(key=lambda r: r["seed"])  # pair by seed
-        return {k: [r["metrics"][k] for r in chosen] for k in METRICS}
+def arm_variants(runs: list[dict[str, Any]], arm: str, density: float | None) -> Variants:
+    """seed -> variant name -> figures of one arm at one level (None: dense)."""
+    chosen = [r for r in runs if r["arm"] == arm and r["density"] == density]
+    return {r["seed"]: r["variants"] for r in sorted(chosen, key=lambda r: r["seed"])}
 
-    dense = values(DENSE_ARM, None)
+
+def picked(per_seed: Variants) -> str:
+    """The variant the grid's rule keeps on the validation means over seeds (as a sweep's
+    trial does, sweep/trial.py `_finish`); no test figure takes part."""
+    available = names(per_seed)
+    return available[pick([means(per_seed, n) for n in available], test_time().pick)]
+
+
+def arm_row(per_seed: Variants, variant: str) -> dict[str, Any]:
+    """An arm's row at `variant`: mean, std and 95% interval over seeds of each metric."""
+    return {
+        "variant": variant,
+        "summary": {
+            k: spread([per_seed[s][variant][k] for s in sorted(per_seed)]) for k in METRICS
+        },
+    }
+
+
+def contrast(mine: Variants, theirs: Variants, m: Match, setting: str) -> dict[str, Any]:
+    """Paired per-seed differences `mine - theirs` at the variants of `m`, every metric
+    (Paired objects until `finish` turns them into dicts)."""
+    return {
+        "setting": setting,
+        "variants": [m.mine, m.theirs],
+        "kind": m.kind,
+        "figures": {k: paired_test(differences(mine, theirs, m, k)[1]) for k in METRICS},
+    }
+
+
+def score_choice(per_seed: Variants, variant: str) -> dict[str, Any] | None:
+    """picked - msp on the same trained models, same voting mode (None without an msp)."""
+    msp = msp_of(variant, names(per_seed))
+    if msp is None:
+        return None
+    m = Match(variant, msp, "same training")
+    return contrast(per_seed, per_seed, m, f"{variant} vs {msp} (same models)")
+
+
+def summarize(runs: list[dict[str, Any]], densities: list[float]) -> dict[str, Any]:
+    rule = test_time().pick
+    dense = arm_variants(runs, DENSE_ARM, None)
+    dense_pick = picked(dense)
+    dense_published = runs_published(runs, DENSE_ARM)
+    dense_out = {
+        **arm_row(dense, dense_pick),
+        "published": dense_published,
+        "score_choice": score_choice(dense, dense_pick),
+    }
     levels = {}
     for d in densities:
-        vals = {arm: values(arm, d) for arm in SPARSE_ARMS}
-        vals[DENSE_ARM] = dense
+        per_arm = {arm: arm_variants(runs, arm, d) for arm in SPARSE_ARMS}
+        per_arm[DENSE_ARM] = dense
+        picks = {arm: picked(v) for arm, v in per_arm.items()}
+        published = {arm: runs_published(runs, arm) for arm in SPARSE_ARMS}
+        arms = {arm: arm_row(per_arm[arm], picks[arm]) for arm in SPARSE_ARMS}
+        arms[PUBLISHED] = arm_row(per_arm["moon_auto"], published["moon_auto"])
+        contrasts = {}
+        for a, b in COMPARISONS:
+            m = match(per_arm[a], per_arm[b], rule, (picks[a], picks[b]))
+            contrasts[f"{a} - {b}"] = contrast(per_arm[a], per_arm[b], m, m.setting)
+        for arm in SPARSE_ARMS:
+            choice = score_choice(per_arm[arm], picks[arm])
+            if choice is not None:
+                contrasts[f"{arm}: picked - msp"] = choice
+        pub_a, pub_b = published["moon_auto"], published["sparse"]
+        m = next(iter(candidates([pub_a], [pub_b])), Match(pub_a, pub_b, UNMATCHED))
+        contrasts[f"{PUBLISHED_CONTRAST[0]} - {PUBLISHED_CONTRAST[1]}"] = contrast(
+            per_arm["moon_auto"], per_arm["sparse"], m, f"as published: {m.setting}"
+        )
         moon = [r for r in runs if r["arm"] == "moon_auto" and r["density"] == d]
         alpha0 = [r["alpha0"] for r in moon if r["alpha0"] is not None]
         err = [e for r in moon if (e := r["train_error_moon_epochs"]) is not None]
@@ -288,21 +411,80 @@ def summarize(runs: list[dict[str, Any]], densities: list[float]) -> dict[str, A
             "achieved_density": statistics.fmean(
                 r["achieved_density"] for r in runs if r["density"] == d
             ),
-            "summary": {arm: {k: spread(v) for k, v in vals[arm].items()} for arm in SPARSE_ARMS},
-            "deltas": {
-                f"{a} - {b}": {k: paired(vals[a][k], vals[b][k]) for k in METRICS}
-                for a, b in COMPARISONS
-            },
+            "arms": arms,
+            "contrasts": contrasts,
             "moon_activity": {
                 "alpha0_median": statistics.median(alpha0) if alpha0 else None,
                 "train_error_moon_epochs_mean": statistics.fmean(err) if err else None,
                 "train_error_moon_epochs_max": max(err) if err else None,
             },
         }
-    return {
-        "dense": {k: spread(v) for k, v in dense.items()},
-        "levels": levels,
+    return finish({"dense": dense_out, "levels": levels})
+
+
+def runs_published(runs: list[dict[str, Any]], arm: str) -> str:
+    """The arm's published variant (its config's own; the same on every run)."""
+    return next(r["published"] for r in runs if r["arm"] == arm)
+
+
+def finish(summary: dict[str, Any]) -> dict[str, Any]:
+    """Holm over the whole test table (every level, contrast and metric, and dense's score
+    choice), each level's verdicts from the corrected figures, then every Paired as a dict
+    (its p-values: t, Wilcoxon, Holm)."""
+    tables = [c for lv in summary["levels"].values() for c in lv["contrasts"].values()]
+    if summary["dense"]["score_choice"] is not None:
+        tables.append(summary["dense"]["score_choice"])
+    family: list[Paired] = [p for c in tables for p in c["figures"].values()]
+    correct(family)
+    summary["holm"] = {
+        "method": "Holm over the test table (paired t p-values)",
+        "family": sum(p.p_t is not None for p in family),
+        "alpha": 0.05,
     }
+    for key, lv in summary["levels"].items():
+        lv["verdicts"] = [
+            verdict(key, lv["contrasts"][name], mine, theirs)
+            for name, mine, theirs in VERDICTS
+            if name in lv["contrasts"]
+        ]
+    for c in tables:
+        c["figures"] = {k: finite(p.as_dict()) for k, p in c["figures"].items()}
+    return summary
+
+
+def finite(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN figures (no interval: no spread) as None, for a strict JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+
+def delta_text(p: Paired) -> str:
+    """A paired difference in points: `+1.0 [+0.3, +1.7]`, or `+0.0 on every seed`."""
+    if not p.spread:
+        return f"{100 * p.mean:+.1f} on every seed"
+    return f"{100 * p.mean:+.1f} [{100 * p.low:+.1f}, {100 * p.high:+.1f}]"
+
+
+def verdict(level: str, c: dict[str, Any], mine: str, theirs: str) -> str:
+    """One contrast's answer in words on near-OOD AUROC (higher is better), from the
+    corrected figures: who beats whom where Holm's correction shows it, else within noise."""
+    p: Paired = c["figures"][VERDICT_METRIC]
+    where = c["setting"] + (" (not like with like)" if c["kind"] == UNMATCHED else "")
+    if not p.spread:
+        return f"{level}: {mine} vs {theirs}: {delta_text(p)} near-OOD AUROC {where} (no spread)"
+    if p.shown:
+        if p.mean > 0:
+            first, second, text = mine, theirs, delta_text(p)
+        else:  # the interval reads from the winner's side
+            flipped = Paired(-p.mean, -p.high, -p.low, p.n, p.p_t)
+            first, second, text = theirs, mine, delta_text(flipped)
+        return (
+            f"{level}: {first} beats {second} by {text} near-OOD AUROC {where} "
+            f"(shown after Holm over {p.family}, p = {p.p_holm:.2g})"
+        )
+    return (
+        f"{level}: {mine} is within noise of {theirs}: {delta_text(p)} near-OOD AUROC {where} "
+        f"(Holm p = {p.p_holm:.2g} over {p.family})"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,7 +498,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"[{len(runs)}/{len(todo)}] seed {rec['seed']:2d}  {rec['arm'] + where:<19}  "
             + "  ".join(f"{k} {m[k]:.4f}" for k in METRICS)
-            + f"  ({rec['seconds']:.1f} s)",
+            + f"  at {rec['published']}, {len(rec['variants'])} variants ({rec['seconds']:.1f} s)",
             file=sys.stderr,
             flush=True,
         )
@@ -338,6 +520,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_epochs": cfg0.moon.warmup_epochs,
             "voting": cfg0.voting.model_dump(),
             "primary_score": cfg0.eval.primary,
+            "test_time": {
+                "space": SPACE,
+                **test_time().model_dump(mode="json", by_alias=True),
+                "rule": test_time().pick.describe(),
+            },
         },
         "environment": {
             "torch": torch.__version__,
@@ -355,36 +542,46 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def shown(d: dict[str, Any]) -> bool:
-    """A difference is shown only when its 95% interval excludes zero."""
-    return d["ci_low"] > 0 or d["ci_high"] < 0
-
-
 def delta_cell(d: dict[str, Any]) -> str:
-    p = "n/a" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.3f}"
+    """A contrast's cell in points: mean, * where Holm shows it, [95% interval], Holm p;
+    a contrast equal on every seed has neither interval nor p."""
+    if d["p_t"] is None:
+        return f"{100 * d['mean']:+.2f} (every seed)"
     return (
-        f"{100 * d['mean']:+.2f}{'*' if shown(d) else ''} "
-        f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] p {p}"
+        f"{100 * d['mean']:+.2f}{'*' if d['shown'] else ''} "
+        f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] p {d['p_holm']:.2g}"
     )
 
 
 def report(res: dict[str, Any]) -> str:
     s = res["settings"]
+    tt = s["test_time"]
     n = len(s["seeds"])
+    holm = res["holm"]
     header = "| {} | " + " | ".join(METRICS) + " |"
     rule = "|---|" + "---:|" * len(METRICS)
+    grid = " x ".join(
+        f"{k} [{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in tt[k])}]"
+        for k in ("voting.mode", "eval.primary", "eval.dice_percentile")
+    )
     lines = [
         f"suite {s['suite']} (split_seed {s['split_seed']}), {s['epochs']} epochs (warm-up "
         f"{s['warmup_epochs']}), {s['sparse_method']} at densities "
-        f"{', '.join(f'{d:g}' for d in s['densities'])}, voting {s['voting']['mode']} "
-        f"(last {s['voting']['epochs']} epochs) in moon_auto and sparse+voting only, score "
-        f"{s['primary_score']}, seeds 0..{n - 1} paired; overrides: "
+        f"{', '.join(f'{d:g}' for d in s['densities'])}, voting (last {s['voting']['epochs']} "
+        f"epochs) in moon_auto and sparse+voting only, seeds 0..{n - 1} paired; overrides: "
         f"{' '.join(s['overrides']) or 'none'}",
+        f"test-time grid of search space {tt['space']!r}: {grid}; each arm picks by "
+        f"{tt['rule']} (validation means over seeds)",
         "",
-        "All figures in percent (x100), test split. Arms: mean +- std over seeds. Deltas: "
-        f"paired over {n} seeds, in points: mean [95% t-interval] and Wilcoxon p; * = the "
-        "interval excludes 0. Higher is better for accuracy and AUROC, lower for ece and "
-        "fpr95.",
+        "All figures in percent (x100), test split. Arms: mean +- std over seeds, each at its "
+        "picked variant; moon_auto (published) at its config's own (msp, as in the paper). "
+        f"Contrasts: paired over {n} seeds, in points: mean [95% t-interval] and Holm's p, each "
+        "at one shared setting (same score, same voting mode where both vote; picked jointly "
+        "on validation); score choice: picked - msp on the same trained models. "
+        f"Multiplicity: Holm over the whole test table, {holm['family']} comparisons (levels x "
+        "contrasts x metrics, and dense's score choice); * = Holm's p < 0.05. (every seed): "
+        "the same difference on every seed, no interval, no test. Higher is better for "
+        "accuracy and AUROC, lower for ece and fpr95.",
     ]
     dense = res["dense"]
     for key, lv in res["levels"].items():
@@ -392,17 +589,23 @@ def report(res: dict[str, Any]) -> str:
             "",
             f"### density {key} (achieved {lv['achieved_density']:.4f})",
             "",
-            header.format("arm"),
+            header.format("arm @ variant"),
             rule,
         ]
-        for arm, m in [*lv["summary"].items(), (DENSE_ARM, dense)]:
-            cells = [f"{_pct(m[k]['mean'])} +- {_pct(m[k]['std'])}" for k in METRICS]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lines += ["", header.format("paired delta"), "|---|" + "---|" * len(METRICS)]
-        for name, per_metric in lv["deltas"].items():
-            lines.append(
-                f"| {name} | " + " | ".join(delta_cell(per_metric[k]) for k in METRICS) + " |"
-            )
+        for arm, m in [*lv["arms"].items(), (DENSE_ARM, dense)]:
+            cells = [
+                f"{_pct(m['summary'][k]['mean'])} +- {_pct(m['summary'][k]['std'])}"
+                for k in METRICS
+            ]
+            lines.append(f"| {arm} @ {m['variant']} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| contrast | setting | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS),
+        ]
+        for name, c in lv["contrasts"].items():
+            cells = " | ".join(delta_cell(c["figures"][k]) for k in METRICS)
+            lines.append(f"| {name} | {c['setting']} | {cells} |")
         act = lv["moon_activity"]
         if act["alpha0_median"] is not None:
             err_mean = 100 * act["train_error_moon_epochs_mean"]
@@ -413,6 +616,23 @@ def report(res: dict[str, Any]) -> str:
                 f"training error over the epochs after warm-up {err_mean:.3f}% mean, "
                 f"{err_max:.3f}% at most (the share of samples MOON's weight acts on)",
             ]
+        lines += ["", "Verdicts:", *(f"- {v}" for v in lv["verdicts"])]
+    choice = dense["score_choice"]
+    if choice is not None:
+        cells = " | ".join(delta_cell(choice["figures"][k]) for k in METRICS)
+        lines += [
+            "",
+            "### dense (once, every level's reference)",
+            "",
+            "| contrast | setting | " + " | ".join(METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS),
+            f"| {DENSE_ARM}: picked - msp | {choice['setting']} | {cells} |",
+        ]
+    lines += [
+        "",
+        f"Verdict per level (near-OOD AUROC, Holm over {holm['family']}):",
+        *(f"- {lv['verdicts'][0]}" for lv in res["levels"].values() if lv["verdicts"]),
+    ]
     env = res["environment"]
     lines += [
         "",
@@ -422,23 +642,29 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The plot's lines: each sparse arm at its pick, MOON as published, then dense at its pick.
+PLOT_ROWS = (*SPARSE_ARMS, PUBLISHED)
+
+
 def trade_off_figure(res: dict[str, Any]) -> Figure:
-    """Near-OOD AUROC, accuracy and ECE against density: one line per arm, 95% bands."""
+    """Near-OOD AUROC, accuracy and ECE against density: one line per arm at its pick (and
+    MOON as published, dotted), 95% bands."""
     densities = res["settings"]["densities"]
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(12, 3.8), layout="constrained")
     for ax, (metric, label) in zip(axes, PLOTTED, strict=True):
-        for arm in SPARSE_ARMS:
-            cells = [res["levels"][level_key(d)]["summary"][arm][metric] for d in densities]
+        for arm in PLOT_ROWS:
+            cells = [res["levels"][level_key(d)]["arms"][arm]["summary"][metric] for d in densities]
             mean = [100 * c["mean"] for c in cells]
-            line = ax.plot(densities, mean, marker="o", label=arm)[0]
+            style = ":" if arm == PUBLISHED else "-"
+            line = ax.plot(densities, mean, marker="o", linestyle=style, label=arm)[0]
             ax.fill_between(
                 densities,
                 [100 * c["ci_low"] for c in cells],
                 [100 * c["ci_high"] for c in cells],
                 color=line.get_color(),
-                alpha=0.2,
+                alpha=0.2 if arm != PUBLISHED else 0.1,
             )
-        dense = res["dense"][metric]
+        dense = res["dense"]["summary"][metric]
         ax.axhline(100 * dense["mean"], color="black", linestyle="--", label=DENSE_ARM)
         ax.axhspan(100 * dense["ci_low"], 100 * dense["ci_high"], color="black", alpha=0.1)
         ax.set_xscale("log")
@@ -448,10 +674,12 @@ def trade_off_figure(res: dict[str, Any]) -> Figure:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     n = len(res["settings"]["seeds"])
+    rule = res["settings"]["test_time"]["rule"]
     axes[0].legend(fontsize="small")
     fig.suptitle(
         f"{res['settings']['suite']}, {res['settings']['sparse_method']}: mean over {n} seeds "
-        "with 95% intervals (dense: dashed)",
+        f"with 95% intervals, each arm at its test-time pick ({rule}; MOON as published "
+        "dotted, dense dashed)",
         fontsize="medium",
     )
     return fig

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from scipy import stats
 
 from bench import study
+from sweep.contrasts import candidates, split_name
 
 LEVELS = (0.05, 0.1)
 ARGS = ["--seeds", "2", "--epochs", "3", "--set", "model.width=32"]
@@ -27,6 +27,8 @@ EXPECTED = {
     "sparse+voting": {"method": "rigl", "moon": False, "voting": "weights"},
     "dense": {"method": "dense", "moon": False, "voting": "off"},
 }
+EXPECTED_VARIANT = {"moon_auto": "weights/msp", "sparse": "msp", "sparse+voting": "weights/msp"}
+EXPECTED_VARIANT["dense"] = "msp"
 
 
 def run_main(argv: list[str]) -> str:
@@ -45,46 +47,137 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str,
     return json.loads((tmp / "s.json").read_text()), printed, tmp / "s.png"
 
 
-def metric_by_seed(res: dict[str, Any], arm: str, density: float | None, key: str) -> list[float]:
+def by_seed(res: dict[str, Any], arm: str, density: float | None) -> dict[int, dict[str, Any]]:
     runs = [r for r in res["runs"] if r["arm"] == arm and r["density"] == density]
     assert sorted(r["seed"] for r in runs) == [0, 1]
-    return [r["metrics"][key] for r in sorted(runs, key=lambda r: r["seed"])]
+    return {r["seed"]: r["variants"] for r in runs}
 
 
-def test_deltas_are_the_per_seed_differences_of_the_runs(done) -> None:
+def val_mean(variants: dict[int, dict[str, Any]], name: str) -> float:
+    return statistics.fmean(variants[s][name]["val/auroc_near"] for s in sorted(variants))
+
+
+def all_contrasts(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [c for lv in res["levels"].values() for c in lv["contrasts"].values()]
+    return [*out, res["dense"]["score_choice"]]
+
+
+def check_figures(got: dict[str, Any], d: list[float]) -> None:
+    """A contrast's figures are the paired test of the per-seed differences `d`."""
+    assert got["mean"] == pytest.approx(statistics.fmean(d), abs=1e-12)
+    assert got["n"] == len(d)
+    if len(set(d)) == 1:  # no spread: no interval, no p, never a star
+        assert got["low"] is None and got["p_t"] is None and got["p_holm"] is None
+        assert not got["shown"]
+        return
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=statistics.fmean(d), scale=stats.sem(d))
+    assert (got["low"], got["high"]) == (pytest.approx(low), pytest.approx(high))
+    assert got["p_t"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def test_each_contrast_compares_its_two_sides_at_one_shared_setting(done) -> None:
     res, printed, _ = done
     assert len(res["runs"]) == 2 * (1 + 3 * len(LEVELS))
     sections = printed.split("### density ")[1:]
-    assert [s.split(" ")[0] for s in sections] == [f"{d:g}" for d in LEVELS]
-    t = stats.t.ppf(0.975, 1)
+    assert [s.split(" ")[0] for s in sections[: len(LEVELS)]] == [f"{d:g}" for d in LEVELS]
     for density, section in zip(LEVELS, sections, strict=True):
         level = res["levels"][f"{density:g}"]
         rows = {
-            line.split(" | ")[0].strip("| "): line.strip("|").split(" | ")[1:]
+            line.split(" | ")[0].strip("| "): line.strip("|").split(" | ")[2:]
             for line in section.splitlines()
             if line.startswith("| ") and " - " in line
         }
         for a, b in study.COMPARISONS:
-            name = f"{a} - {b}"
+            va = by_seed(res, a, None if a == "dense" else density)
+            vb = by_seed(res, b, None if b == "dense" else density)
+            c = level["contrasts"][f"{a} - {b}"]
+            mine, theirs = c["variants"]
+            (mode_a, score_a), (mode_b, score_b) = split_name(mine), split_name(theirs)
+            assert score_a == score_b  # the same score (and DICE percentile) on both sides
+            if mode_a and mode_b:
+                assert mode_a == mode_b and c["kind"] == "same setting"
+            else:
+                assert c["kind"] == ("same setting" if mode_a == mode_b else "voting on one side")
+            # Picked jointly on validation: no shared setting has a better mean of the means.
+            best = max(
+                (val_mean(va, m.mine) + val_mean(vb, m.theirs)) / 2
+                for m in candidates(list(va[0]), list(vb[0]))
+            )
+            assert (val_mean(va, mine) + val_mean(vb, theirs)) / 2 == pytest.approx(best)
             for col, key in enumerate(study.METRICS):
-                xa = metric_by_seed(res, a, None if a == "dense" else density, key)
-                xb = metric_by_seed(res, b, None if b == "dense" else density, key)
-                d = [xa[0] - xb[0], xa[1] - xb[1]]
-                mean, sd = (d[0] + d[1]) / 2, abs(d[0] - d[1]) / math.sqrt(2)
-                got = level["deltas"][name][key]
-                assert got["mean"] == pytest.approx(mean, abs=1e-12)
-                assert got["ci_low"] == pytest.approx(mean - t * sd / math.sqrt(2), abs=1e-12)
-                assert got["ci_high"] == pytest.approx(mean + t * sd / math.sqrt(2), abs=1e-12)
-                if any(d):
-                    assert got["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue)
-                cell = rows[name][col].strip()
-                assert cell.startswith(f"{100 * mean:+.2f}"), (name, key, cell)
-                low, high = got["ci_low"], got["ci_high"]
-                assert cell.split(" [")[0].endswith("*") == (low > 0 or high < 0)
-                assert f"[{100 * low:+.2f}, {100 * high:+.2f}]" in cell
+                d = [va[s][mine][key] - vb[s][theirs][key] for s in (0, 1)]
+                check_figures(c["figures"][key], d)
+                cell = rows[f"{a} - {b}"][col].strip()
+                assert cell.startswith(f"{100 * statistics.fmean(d):+.2f}"), (a, b, key, cell)
+                assert cell.split(" ")[0].endswith("*") == c["figures"][key]["shown"]
+        # The published contrast: MOON at its own msp (voting weights) against sparse's msp.
+        pub = level["contrasts"]["moon_auto (published) - sparse (published)"]
+        assert pub["variants"] == ["weights/msp", "msp"]
+        assert level["arms"]["moon_auto (published)"]["variant"] == "weights/msp"
+        va, vb = by_seed(res, "moon_auto", density), by_seed(res, "sparse", density)
+        for key in study.METRICS:
+            d = [va[s]["weights/msp"][key] - vb[s]["msp"][key] for s in (0, 1)]
+            check_figures(pub["figures"][key], d)
     # The arms really differ (a wiring slip that trained one arm twice would show here).
-    moon = metric_by_seed(res, "moon_auto", 0.05, "auroc_near")
-    assert moon != metric_by_seed(res, "sparse", 0.05, "auroc_near")
+    moon, sparse = by_seed(res, "moon_auto", 0.05), by_seed(res, "sparse", 0.05)
+    assert moon[0]["weights/msp"] != sparse[0]["msp"]
+
+
+def test_score_choice_is_the_pick_against_msp_on_the_same_models(done) -> None:
+    res, _, _ = done
+    cases = [("dense", None, res["dense"], res["dense"]["score_choice"])]
+    for density in LEVELS:
+        level = res["levels"][f"{density:g}"]
+        for arm in study.SPARSE_ARMS:
+            row, c = level["arms"][arm], level["contrasts"][f"{arm}: picked - msp"]
+            cases.append((arm, density, row, c))
+    for arm, density, row, c in cases:
+        v = by_seed(res, arm, density)
+        # Each arm's pick: the best validation mean over seeds, among every variant.
+        assert val_mean(v, row["variant"]) == max(val_mean(v, n) for n in v[0])
+        assert c["variants"][0] == row["variant"]
+        mode, _ = split_name(row["variant"])
+        assert c["variants"][1] == ("msp" if mode is None else f"{mode}/msp")
+        for key in study.METRICS:
+            d = [v[s][c["variants"][0]][key] - v[s][c["variants"][1]][key] for s in (0, 1)]
+            check_figures(c["figures"][key], d)
+        # Same trained models: accuracy does not depend on the score.
+        assert c["figures"]["accuracy"]["mean"] == 0 and c["figures"]["accuracy"]["p_t"] is None
+
+
+def test_holm_runs_over_the_whole_test_table(done) -> None:
+    res, printed, _ = done
+    tested = [f for c in all_contrasts(res) for f in c["figures"].values() if f["p_t"] is not None]
+    assert res["holm"]["family"] == len(tested) > 10
+    raw = [f["p_t"] for f in tested]
+    order = sorted(range(len(raw)), key=raw.__getitem__)
+    want, running = [0.0] * len(raw), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(raw) - rank) * raw[i]))
+        want[i] = running
+    for f, w in zip(tested, want, strict=True):
+        assert f["p_holm"] == pytest.approx(w) and f["holm_family"] == len(tested)
+        assert f["shown"] == (w < 0.05)
+    assert f"Holm over the whole test table, {len(tested)} comparisons" in printed
+    for density in LEVELS:
+        verdicts = res["levels"][f"{density:g}"]["verdicts"]
+        assert len(verdicts) == 3 and verdicts[0].startswith(f"{density:g}: ")
+        assert ("beats" in verdicts[0]) == res["levels"][f"{density:g}"]["contrasts"][
+            "moon_auto - sparse"
+        ]["figures"]["auroc_near"]["shown"]
+        assert verdicts[0] in printed
+
+
+def test_published_metrics_are_the_published_variants_figures(done) -> None:
+    res, _, _ = done
+    for run in res["runs"]:
+        assert run["published"] == EXPECTED_VARIANT[run["arm"]]
+        for key, value in run["variants"][run["published"]].items():
+            assert run["metrics"][key] == value
+        modes = {split_name(n)[0] for n in run["variants"]}
+        votes = EXPECTED[run["arm"]]["voting"] != "off"
+        assert modes == ({"weights", "predictions"} if votes else {None})
+        assert any(n.endswith("unknown") for n in run["variants"]) == (run["arm"] == "moon_auto")
 
 
 def test_each_run_is_trained_at_its_level_with_its_arms_settings(done) -> None:
@@ -134,7 +227,7 @@ def test_trade_off_plot_has_one_line_per_arm(done) -> None:
     fig = study.trade_off_figure(res)
     for ax in fig.axes:
         labels = [line.get_label() for line in ax.get_lines()]
-        assert labels == [*study.SPARSE_ARMS, "dense"]
+        assert labels == [*study.SPARSE_ARMS, "moon_auto (published)", "dense"]
         assert ax.get_xscale() == "log"
         assert list(ax.get_lines()[0].get_xdata()) == list(LEVELS)
 
@@ -148,6 +241,7 @@ def test_two_jobs_give_the_same_runs_as_one(done, tmp_path: Path) -> None:
     assert [(r["arm"], r["seed"]) for r in two] == [(r["arm"], r["seed"]) for r in one]
     for a, b in zip(one, two, strict=True):
         assert a["metrics"] == b["metrics"] and a["config"] == b["config"]
+        assert a["variants"] == b["variants"]
 
 
 @pytest.mark.parametrize(
