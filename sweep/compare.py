@@ -29,7 +29,7 @@ import html
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,21 @@ import optuna
 from engine.checkpoint import save_json
 from engine.config import ConfigError
 from sweep import plots
+from sweep.contrasts import SAME, UNMATCHED, Match, differences, match
 from sweep.hypervolume import feasible, hypervolume_history, nadir
-from sweep.levels import SEARCHED, Level, compare_levels, level_metrics, points_cell
+from sweep.levels import (
+    PUBLISHED,
+    SEARCHED,
+    Level,
+    compare_levels,
+    level_metrics,
+    pick_rule,
+    points_cell,
+)
 from sweep.naming import EXPERIMENT_TAGS, WORKFLOW
 from sweep.render import CSS, html_figure, html_table
 from sweep.state import SweepState, TrialRow, finished_study, load_state, trial_rows
-from sweep.stats import CONFIDENCE, Interval, paired_deltas, t_interval
+from sweep.stats import CONFIDENCE, Interval, Paired, correct, paired_test
 from sweep.stores import ensure_experiment, is_server, mask_url, mlflow_client
 
 COMPARE_EXPERIMENT = "moonsweep-compare"
@@ -105,6 +114,8 @@ class Comparison:
     volumes: dict[str, Volume]
     differs: dict[str, list[str]]  # setting -> its value in each sweep, where they differ
     left_out: list[str]  # what was not compared, and why
+    # density -> "B - A" -> arm -> the shared test-time setting of its paired difference
+    delta_settings: dict[float, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -142,6 +153,7 @@ class Comparison:
                         }
                         for pair, arms in self.deltas.get(d, {}).items()
                     },
+                    "delta_settings": self.delta_settings.get(d, {}),
                 }
                 for d in self.levels
             ],
@@ -260,7 +272,7 @@ def compare_sides(sides: Sequence[Side]) -> Comparison:
             "seeds of one sweep only: the paired deltas use the seeds in common, "
             + ", ".join(map(str, seeds))
         )
-    deltas = _sweep_deltas(sides, levels, metrics, seeds) if paired else {}
+    deltas, settings = _sweep_deltas(sides, levels, metrics, seeds) if paired else ({}, {})
     reference, volumes, notes = _hypervolumes(sides, objectives)
     left_out += notes
     return Comparison(
@@ -275,6 +287,7 @@ def compare_sides(sides: Sequence[Side]) -> Comparison:
         volumes,
         differs,
         left_out,
+        settings,
     )
 
 
@@ -290,38 +303,61 @@ def _differences(sides: Sequence[Side]) -> dict[str, list[str]]:
 
 def _sweep_deltas(
     sides: Sequence[Side], levels: Sequence[float], metrics: Sequence[str], seeds: Sequence[int]
-) -> dict[float, dict[str, dict[str, dict[str, Interval]]]]:
-    """Per level, each later sweep minus the first, arm by arm, over the shared seeds."""
+) -> tuple[
+    dict[float, dict[str, dict[str, dict[str, Paired]]]], dict[float, dict[str, dict[str, str]]]
+]:
+    """Per level, each later sweep minus the first, arm by arm, over the shared seeds, both
+    sides at one shared test-time setting (`sweep.contrasts.match`; MOON as published at its
+    published one), Holm-corrected over the test table (the validation table apart); and
+    each difference's setting in words."""
     base = sides[0]
-    out: dict[float, dict[str, dict[str, dict[str, Interval]]]] = {}
+    rule = pick_rule(base.state)
+    out: dict[float, dict[str, dict[str, dict[str, Paired]]]] = {}
+    settings: dict[float, dict[str, dict[str, str]]] = {}
     for density in levels:
         mine_level = base.level(density)
-        per_pair: dict[str, dict[str, dict[str, Interval]]] = {}
+        per_pair: dict[str, dict[str, dict[str, Paired]]] = {}
         for side in sides[1:]:
             theirs = side.level(density)
-            arms: dict[str, dict[str, Interval]] = {}
+            pair = f"{side.name} - {base.name}"
+            arms: dict[str, dict[str, Paired]] = {}
             for arm, later in (theirs.arms if theirs else {}).items():
                 earlier = mine_level.arms.get(arm) if mine_level else None
-                if earlier is None:
+                if earlier is None or later.records is None or earlier.records is None:
                     continue
+                # Seed s of the later sweep's arm minus seed s of the first's.
+                mine = _only(later.records.variants, seeds)
+                other = _only(earlier.records.variants, seeds)
+                if arm == PUBLISHED:
+                    kind = SAME if later.variant == earlier.variant else UNMATCHED
+                    m = Match(later.variant, earlier.variant, kind)
+                else:
+                    m = match(mine, other, rule, (later.variant, earlier.variant))
                 figures = {}
-                for m in metrics:
-                    # Seed s of the later sweep's arm minus seed s of the first's.
-                    _, diffs = paired_deltas(
-                        _only(later.per_seed, seeds), _only(earlier.per_seed, seeds), m
-                    )
+                for metric in metrics:
+                    _, diffs = differences(mine, other, m, metric)
                     if diffs:
-                        figures[m] = t_interval(diffs)
+                        figures[metric] = paired_test(diffs)
                 if figures:
                     arms[arm] = figures
-            per_pair[f"{side.name} - {base.name}"] = arms
+                    settings.setdefault(density, {}).setdefault(pair, {})[arm] = m.setting
+            per_pair[pair] = arms
         out[density] = per_pair
-    return out
+    for val in (False, True):
+        correct(
+            [
+                p
+                for per_pair in out.values()
+                for arms in per_pair.values()
+                for figures in arms.values()
+                for metric, p in figures.items()
+                if metric.startswith("val/") == val
+            ]
+        )
+    return out, settings
 
 
-def _only(
-    per_seed: dict[int, dict[str, float]], seeds: Sequence[int]
-) -> dict[int, dict[str, float]]:
+def _only(per_seed: Mapping[int, Any], seeds: Sequence[int]) -> dict[int, Any]:
     return {s: per_seed[s] for s in seeds if s in per_seed}
 
 
@@ -405,7 +441,8 @@ def level_rows(
         for arm, figures in arms.items():
             n = max(i.n for i in figures.values())
             cells = [points_cell(figures.get(m), signed=True) for m in metrics]
-            rows.append([pair, arm, f"paired, {n} seeds", *cells])
+            setting = c.delta_settings.get(density, {}).get(pair, {}).get(arm, "")
+            rows.append([pair, arm, f"paired, {n} seeds, {setting}", *cells])
     return metrics, rows
 
 
@@ -460,7 +497,9 @@ def tradeoff_png(c: Comparison) -> bytes:
     """The trade-off curves of every sweep on one plot (test parts), as PNG bytes."""
     shown = [m for m in plots.TRADEOFF_METRICS if m in c.metrics]
     per_sweep = {s.name: [_level_dict(lv, c.metrics) for lv in s.levels] for s in c.sides}
-    fig = plots.sweeps_tradeoff(per_sweep, metrics=shown or list(plots.TRADEOFF_METRICS))
+    fig = plots.sweeps_tradeoff(
+        per_sweep, metrics=shown or list(plots.TRADEOFF_METRICS), scale=plots.POINTS
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

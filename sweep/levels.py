@@ -44,7 +44,15 @@ from sweep.contrasts import (
 from sweep.failures import COLLAPSED
 from sweep.selection import sweep_constraints
 from sweep.spaces import SEARCH_ARM
-from sweep.state import SeedRecords, SweepState, TrialRow, seed_records, trial_rows
+from sweep.state import (
+    SeedRecords,
+    SweepState,
+    TrialRow,
+    confirm_seeds,
+    confirmed_records,
+    seed_records,
+    trial_rows,
+)
 from sweep.stats import Interval, Paired, correct, number, paired_test, t_interval
 from sweep.stores import mlflow_client
 
@@ -210,7 +218,7 @@ RecordsReader = Callable[[SweepState, str], SeedRecords]
 def compare_levels(
     state: SweepState,
     rows: Sequence[TrialRow] | None = None,
-    read_records: RecordsReader = seed_records,
+    read_records: RecordsReader | None = None,
 ) -> list[Level]:
     """One `Level` per density level of the sweep's space (none without levels), Holm's
     correction run over all of them (test and validation parts apart)."""
@@ -219,11 +227,12 @@ def compare_levels(
         return []
     rows = trial_rows(state, all_metrics=True) if rows is None else rows
     read: dict[str, SeedRecords] = {}
+    reader = read_records or _reader(state)
 
     def read_once(state: SweepState, run_id: str) -> SeedRecords:
         # `dense` stands in every level's table: its per-seed files are downloaded once.
         if run_id not in read:
-            read[run_id] = read_records(state, run_id)
+            read[run_id] = reader(state, run_id)
         return read[run_id]
 
     out = []
@@ -240,13 +249,24 @@ def level_comparison(
     level: float,
     searched: TrialRow | None,
     note: str = "",
-    read_records: RecordsReader = seed_records,
+    read_records: RecordsReader | None = None,
 ) -> Level:
     """`searched` (e.g. the model `select` chose) beside the arms trained at `level`; Holm's
     correction over this one level's table."""
-    out = _level(state, rows, level, searched, note, read_records)
+    out = _level(state, rows, level, searched, note, read_records or _reader(state))
     _finish(state, [out])
     return out
+
+
+def _reader(state: SweepState) -> RecordsReader:
+    """The confirmation seeds' records where `moonsweep confirm` has recorded them (the
+    confirmation seeds read once), else the sweep's own."""
+    seeds = confirm_seeds(state)
+    if not seeds:
+        return seed_records
+    return lambda state, run_id: (
+        confirmed_records(state, run_id, seeds) or seed_records(state, run_id)
+    )
 
 
 def _level(
@@ -263,11 +283,21 @@ def _level(
             if row["level"] == level or (row["arm"] == "dense" and row["level"] is None):
                 chosen[row["arm"]] = row
     metrics = level_metrics(state)
+    records_of = {name: read(state, row["mlflow_run_id"]) for name, row in chosen.items()}
+    own = {int(s) for s in state.space.get("seeds", [])}
+    fresh = [bool(r.variants) and not set(r.variants) & own for r in records_of.values()]
+    if any(fresh) and not all(fresh):  # a confirmation cut short: every row on its own seeds
+        records_of = {n: seed_records(state, row["mlflow_run_id"]) for n, row in chosen.items()}
     arms: dict[str, LevelArm] = {}
     for name, row in chosen.items():
-        records = read(state, row["mlflow_run_id"])
+        records = records_of[name]
         arms[name] = _arm(name, row, records, records.picked, metrics)
-        if name == "moon_auto" and records.published in _names(records):
+        # MOON as published beside its pick, where a grid gave it a choice.
+        if (
+            name == "moon_auto"
+            and len(_names(records)) > 1
+            and records.published in _names(records)
+        ):
             arms[PUBLISHED] = _arm(PUBLISHED, row, records, records.published, metrics)
     ordered = {n: arms[n] for n in [*ARM_ORDER, *sorted(arms)] if n in arms}
     searched_done = sum(
@@ -526,6 +556,8 @@ def _metrics_of(level: Level) -> list[str]:
     seen: dict[str, None] = {}
     for arm in level.arms.values():
         seen.update(dict.fromkeys(arm.figures))
+    for contrast in level.contrasts.values():
+        seen.update(dict.fromkeys(contrast.figures))
     return list(seen)
 
 
@@ -556,8 +588,9 @@ def levels_table(levels: Sequence[Level]) -> dict[str, list[Any]]:
         for m in metrics:
             i = figures.get(m)
             columns[m].append(None if i is None else i.mean)
-            columns[f"{m} low"].append(None if i is None else i.low)
-            columns[f"{m} high"].append(None if i is None else i.high)
+            # No interval (one seed, or no spread): empty cells, as MLflow writes NaN anyway.
+            columns[f"{m} low"].append(None if i is None or math.isnan(i.low) else i.low)
+            columns[f"{m} high"].append(None if i is None or math.isnan(i.high) else i.high)
             columns[f"{m} p_holm"].append(i.p_holm if isinstance(i, Paired) else None)
     return columns
 

@@ -395,6 +395,7 @@ def sweeps_tradeoff(
     per_sweep: Mapping[str, Sequence[Mapping[str, Any]]],
     part: str = "test",
     metrics: Sequence[str] = TRADEOFF_METRICS,
+    scale: float = 1.0,
 ) -> Figure:
     """The trade-off curves of several sweeps on one plot: per metric an axis against
     density, per sweep a colour, per arm a line style (the level's best searched trial solid,
@@ -402,8 +403,10 @@ def sweeps_tradeoff(
     sweep's searched line as a band (clipped to [0, 1]), and each sweep's dense as a thin
     horizontal line in its colour.
 
-    `per_sweep` maps a sweep's name to its levels (`sweep.levels.Level.as_dict()` dicts)."""
+    `per_sweep` maps a sweep's name to its levels (`sweep.levels.Level.as_dict()` dicts);
+    `scale` POINTS draws the figures in points, 1 as the fractions they are."""
     prefix = "val/" if part == "val" else ""
+    unit = "" if scale == 1.0 else " (points)"
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(5.5 * len(metrics), 4.6), constrained_layout=True, squeeze=False
     )
@@ -413,7 +416,7 @@ def sweeps_tradeoff(
         for (name, levels), colour in zip(per_sweep.items(), SWEEP_COLOURS * 4, strict=False):
             ordered = sorted(levels, key=lambda lv: float(lv["density"]))
             for arm, (style, marker) in SWEEP_ARM_STYLES.items():
-                curve = arm_curve(ordered, arm, key)
+                curve = arm_curve(ordered, arm, key, scale)
                 if curve is None:
                     continue
                 xs, mean, low, high = curve
@@ -440,7 +443,7 @@ def sweeps_tradeoff(
             )
             if dense is not None:
                 ax.axhline(
-                    float(dense["mean"]),
+                    scale * float(dense["mean"]),
                     color=colour,
                     ls=(0, (1, 3)),
                     lw=1.2,
@@ -452,7 +455,7 @@ def sweeps_tradeoff(
             ax.set_xticklabels([f"{d:g}" for d in densities])
         ax.minorticks_off()
         ax.set_xlabel("density (level)")
-        ax.set_ylabel(key)
+        ax.set_ylabel(key + unit)
         ax.set_title(f"{metric} ({'validation' if prefix else 'test'}), mean and 95% interval")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

@@ -142,8 +142,10 @@ def _t95(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _cell(mean: float, low: float, high: float) -> str:
-    star = "*" if low > 0 or high < 0 else ""
+def _cell(mean: float, low: float, high: float, shown: bool = False) -> str:
+    if low == high:  # the same difference on every seed: no interval
+        return f"{100 * mean:+.1f}"
+    star = "*" if shown else ""  # Holm's correction over the table shows it
     return f"{100 * mean:+.1f}{star} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
@@ -200,15 +202,24 @@ def test_deltas_between_sweeps_equal_the_per_seed_differences(swept) -> None:
                 got = pairs["b - a"][arm][m]
                 assert got.n == len(SEEDS)
                 assert got.mean == pytest.approx(mean, abs=1e-12), (level, arm, m)
-                assert got.low == pytest.approx(low, abs=1e-12)
-                assert got.high == pytest.approx(high, abs=1e-12)
+                if np.ptp(diffs) == 0:  # dense, trained alike in both: no spread, no star
+                    assert math.isnan(got.low) and got.p_t is None and not got.shown
+                else:
+                    assert got.low == pytest.approx(low, abs=1e-12)
+                    assert got.high == pytest.approx(high, abs=1e-12)
                 checked += 1
             # The printed row of this delta (test parts), cell by cell from the records.
             cells = [
-                _cell(*_t95([records["b", arm][s][m] - records["a", arm][s][m] for s in SEEDS]))
+                _cell(
+                    *_t95([records["b", arm][s][m] - records["a", arm][s][m] for s in SEEDS]),
+                    pairs["b - a"][arm][m].shown,
+                )
                 for m in metrics[:3]
             ]
-            row = f"| b - a | {arm} | paired, 2 seeds | " + " | ".join(cells) + " |"
+            # Without a test-time grid each side has its one variant: the same setting.
+            setting = comparison.delta_settings[level]["b - a"][arm]
+            assert setting == f"at {'msp' if arm in ('sparse', 'dense') else 'weights/msp'}"
+            row = f"| b - a | {arm} | paired, 2 seeds, {setting} | " + " | ".join(cells) + " |"
             assert block.count(row) == 1, row
     assert checked == 2 * len(ARMS) * len(metrics)
 
@@ -466,9 +477,9 @@ def test_select_marks_the_chosen_run(swept) -> None:
 
 
 def test_a_test_time_voting_choice_is_tagged_as_one() -> None:
-    # The default space chooses a searched trial's voting mode after training: until the
-    # pick is known it has no voting tag (set to the kept mode when it ends); the arms are
-    # tagged with the mode they train with.
+    # The default space chooses every voting trial's voting mode after training (arms too:
+    # they pick from the same grid): until the pick is known it has no voting tag (set to
+    # the kept mode when it ends); a trial that does not vote is tagged off from the start.
     space = load_space("default")
     cfg = space.trial_config({}, 0)
     assert cfg.voting.mode == "weights" and space.test_time is not None
@@ -476,8 +487,13 @@ def test_a_test_time_voting_choice_is_tagged_as_one() -> None:
     assert VOTING_TAG not in searched
     for arm in ("moon_auto", "sparse", "sparse+voting"):
         arm_cfg = space.arm_configs({"arm": arm, "level": 0.05})[0]
-        tags = trial_tags(arm, 0.05, arm_cfg, space.test_time_for({"arm": arm}))
-        assert tags[VOTING_TAG] == arm_cfg.voting.mode == {"sparse": "off"}.get(arm, "weights")
+        grid = space.test_time_for({"arm": arm})
+        assert grid is space.test_time
+        tags = trial_tags(arm, 0.05, arm_cfg, grid)
+        if arm == "sparse":
+            assert tags[VOTING_TAG] == arm_cfg.voting.mode == "off"
+        else:
+            assert VOTING_TAG not in tags and arm_cfg.voting.mode == "weights"
     assert [kept_voting(p) for p in ("weights/msp", "predictions/dice@70", "energy")] == [
         "weights",
         "predictions",

@@ -21,10 +21,14 @@ from scipy import stats
 
 from engine.arms import arm_overrides
 from sweep import plots
+from sweep.contrasts import ONE_SIDE_VOTES, SAME, Match, candidates, split_name
 from sweep.levels import (
     DELTAS,
     LEVELS_ARTIFACT,
+    PUBLISHED,
     SEARCHED,
+    Contrast,
+    Level,
     compare_levels,
     level_comparison,
     levels_markdown,
@@ -32,6 +36,7 @@ from sweep.levels import (
 )
 from sweep.selection import nominal_density, pareto_front, select
 from sweep.state import load_run_json, load_state, trial_rows
+from sweep.stats import Paired, correct, paired_test
 from sweep.stores import load_study
 
 pytestmark = pytest.mark.slow
@@ -61,6 +66,10 @@ seeds: [0, 1]
 budget: {trials: 4, max_concurrent: 2}
 early_stopping: null
 report_every: 3
+test_time:
+  voting.mode: [weights, predictions]
+  eval.primary: [msp, max_logit, energy]
+  pick: {metric: val/auroc_near, direction: maximize}
 """
 )
 OBJECTIVES = [
@@ -70,6 +79,7 @@ OBJECTIVES = [
     ("density", "minimize"),
 ]
 SPARSE_ARMS = ("moon_auto", "sparse", "sparse+voting")
+ROWS = [SEARCHED, "moon_auto", PUBLISHED, "sparse", "sparse+voting", "dense"]
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path("/tmp/levels-report.png")
 
@@ -105,6 +115,15 @@ def _per_seed(client: MlflowClient, run_id: str) -> dict[int, dict[str, float]]:
     return {s: load_run_json(client, run_id, f"final/metrics-seed{s}.json") for s in SEEDS}
 
 
+def _variants(client: MlflowClient, run_id: str) -> dict[int, dict]:
+    """Each seed's stored variants record: {"picked", "published", "variants"}."""
+    return {s: load_run_json(client, run_id, f"final/variants-seed{s}.json") for s in SEEDS}
+
+
+def _mean(stored: dict[int, dict], variant: str, metric: str) -> float:
+    return float(np.mean([stored[s]["variants"][variant][metric] for s in SEEDS]))
+
+
 def _t95(values: list[float]) -> tuple[float, float, float]:
     """Mean and 95% t-interval, by hand: mean -+ t_{0.975, n-1} * sd / sqrt(n)."""
     n = len(values)
@@ -113,10 +132,10 @@ def _t95(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _shown(mean: float, low: float, high: float, signed: bool) -> str:
-    """A cell of `levels_markdown` (points, one decimal; * where a delta excludes 0)."""
+def _shown(mean: float, low: float, high: float, signed: bool, shown: bool = False) -> str:
+    """A cell of `levels_markdown` (points, one decimal; * where Holm shows a delta)."""
     fmt = "{:+.1f}" if signed else "{:.1f}"
-    star = "*" if signed and (low > 0 or high < 0) else ""
+    star = "*" if signed and shown else ""
     return f"{fmt.format(100 * mean)}{star} [{fmt.format(100 * low)}, {fmt.format(100 * high)}]"
 
 
@@ -130,8 +149,13 @@ def test_each_level_compares_runs_trained_alike(swept) -> None:
     split_seeds = set()
     dense_runs = set()
     for lv in levels:
-        assert list(lv.arms) == [SEARCHED, *SPARSE_ARMS, "dense"], lv.note
+        assert list(lv.arms) == ROWS, lv.note
+        # MOON as published: the same training as moon_auto, at its config's own setting.
+        assert lv.arms[PUBLISHED].run_id == lv.arms["moon_auto"].run_id
+        assert lv.arms[PUBLISHED].variant == "weights/msp"
         for name, arm in lv.arms.items():
+            if name == PUBLISHED:
+                continue
             run = client.get_run(arm.run_id)
             params, tags = run.data.params, run.data.tags
             assert params["seed"] == ",".join(map(str, SEEDS)), name
@@ -155,7 +179,7 @@ def test_each_level_compares_runs_trained_alike(swept) -> None:
             for key, value in expected.items():
                 assert params[key] == str(value), (name, key)
             # What engine/arms.py means by each arm, spelled out.
-            moon, voting = params["moon.enabled"], params["voting.mode"]
+            moon, voting = params["moon.enabled"], params.get("voting.mode", "off")
             assert (moon, voting != "off") == {
                 "moon_auto": ("True", True),
                 "sparse": ("False", False),
@@ -168,7 +192,7 @@ def test_each_level_compares_runs_trained_alike(swept) -> None:
     assert len(dense_runs) == 1  # dense trained once, beside every level
     # Every baseline trial of the sweep is in exactly one level's table (dense in all).
     baselines = {r["mlflow_run_id"] for r in swept["rows"] if r["arm"] != "search"}
-    compared = {a.run_id for lv in levels for n, a in lv.arms.items() if n != SEARCHED}
+    compared = {a.run_id for lv in levels for n, a in lv.arms.items() if n not in (SEARCHED,)}
     assert compared == baselines and len(baselines) == 1 + len(SPARSE_ARMS) * len(LEVELS)
 
 
@@ -178,6 +202,7 @@ def test_each_level_compares_runs_trained_alike(swept) -> None:
 def test_figures_and_deltas_equal_the_per_seed_records(swept) -> None:
     client, levels = swept["client"], swept["levels"]
     metrics = ["auroc_near", "accuracy", "ece", "val/auroc_near", "val/accuracy", "val/ece"]
+    rule = "val/auroc_near"  # the space's pick rule (maximize)
     printed = [
         *levels_markdown(levels).splitlines(),
         "",
@@ -186,12 +211,30 @@ def test_figures_and_deltas_equal_the_per_seed_records(swept) -> None:
     ]
     checked = 0
     for lv in levels:
-        records = {name: _per_seed(client, arm.run_id) for name, arm in lv.arms.items()}
-        assert sorted(lv.deltas) == sorted(f"{a} - {b}" for a, b in DELTAS)
+        stored = {name: _variants(client, arm.run_id) for name, arm in lv.arms.items()}
+        kept = {name: _per_seed(client, arm.run_id) for name, arm in lv.arms.items()}
+        expected = [f"{a} - {b}" for a, b in DELTAS] + [
+            f"{n}: picked - msp" for n in (SEARCHED, "moon_auto")
+        ]
+        assert sorted(lv.contrasts) == sorted(expected)
         for name, arm in lv.arms.items():
+            record = stored[name][SEEDS[0]]
+            names = list(record["variants"])
+            if name == PUBLISHED:
+                assert arm.variant == record["published"]
+            else:
+                # The row's variant is the one the trial kept: the best on validation by the rule.
+                assert arm.variant == record["picked"]
+                best = max(names, key=lambda v: _mean(stored[name], v, rule))
+                assert _mean(stored[name], arm.variant, rule) == _mean(stored[name], best, rule)
+            votes = name not in ("sparse", "dense")
+            assert all((split_name(v)[0] is not None) == votes for v in names), (name, names)
             assert sorted(arm.figures) == sorted(metrics)
             for m in metrics:
-                mean, low, high = _t95([records[name][s][m] for s in SEEDS])
+                values = [stored[name][s]["variants"][arm.variant][m] for s in SEEDS]
+                if name != PUBLISHED:  # the kept variant's figures are the trial's own
+                    assert values == [kept[name][s][m] for s in SEEDS]
+                mean, low, high = _t95(values)
                 got = arm.figures[m]
                 assert (got.mean, got.low, got.high, got.n) == (
                     pytest.approx(mean, abs=1e-12),
@@ -200,19 +243,49 @@ def test_figures_and_deltas_equal_the_per_seed_records(swept) -> None:
                     len(SEEDS),
                 ), (lv.density, name, m)
         for mine, theirs in DELTAS:
-            pair = f"{mine} - {theirs}"
+            contrast = lv.contrasts[f"{mine} - {theirs}"]
+            a, b = contrast.match.mine, contrast.match.theirs
+            (mode_a, score_a), (mode_b, score_b) = split_name(a), split_name(b)
+            # Both sides at one test-time setting: the same score, the same voting mode
+            # where both vote.
+            assert score_a == score_b, (lv.density, mine, theirs, a, b)
+            if mode_a is not None and mode_b is not None:
+                assert mode_a == mode_b and contrast.match.kind == SAME
+            elif (mode_a is None) != (mode_b is None):
+                assert contrast.match.kind == ONE_SIDE_VOTES
+            # The shared setting is the best of all shared ones on both sides' validation.
+            pairs = candidates(
+                list(stored[mine][0]["variants"]), list(stored[theirs][0]["variants"])
+            )
+            joint = {
+                (c.mine, c.theirs): _mean(stored[mine], c.mine, rule)
+                + _mean(stored[theirs], c.theirs, rule)
+                for c in pairs
+            }
+            assert joint[(a, b)] == pytest.approx(max(joint.values()), abs=1e-12)
             for m in metrics:
-                diffs = [records[mine][s][m] - records[theirs][s][m] for s in SEEDS]
-                mean, low, high = _t95(diffs)
-                got = lv.deltas[pair][m]
-                assert got.n == len(SEEDS)
-                assert got.mean == pytest.approx(mean, abs=1e-12), (lv.density, pair, m)
-                assert got.low == pytest.approx(low, abs=1e-12)
-                assert got.high == pytest.approx(high, abs=1e-12)
+                diffs = [
+                    stored[mine][s]["variants"][a][m] - stored[theirs][s]["variants"][b][m]
+                    for s in SEEDS
+                ]
+                _check_paired(contrast.figures[m], diffs)
                 checked += 1
-        # The printed tables: the row of each delta, cell by cell, from the records.
+        for name in (SEARCHED, "moon_auto"):
+            # The score choice: the picked variant minus msp at its voting mode, same models.
+            contrast = lv.contrasts[f"{name}: picked - msp"]
+            mode, _ = split_name(lv.arms[name].variant)
+            assert contrast.match.mine == lv.arms[name].variant
+            assert contrast.match.theirs == f"{mode}/msp"
+            for m in metrics:
+                diffs = [
+                    stored[name][s]["variants"][contrast.match.mine][m]
+                    - stored[name][s]["variants"][contrast.match.theirs][m]
+                    for s in SEEDS
+                ]
+                _check_paired(contrast.figures[m], diffs)
+        # The printed tables: the row of each contrast, cell by cell, from the records.
         for part_metrics in (metrics[:3], metrics[3:]):
-            header = f"| arm | trial | {' | '.join(part_metrics)} |"
+            header = f"| row | trial | test-time | {' | '.join(part_metrics)} |"
             start = [
                 i
                 for i, line in enumerate(printed)
@@ -221,15 +294,97 @@ def test_figures_and_deltas_equal_the_per_seed_records(swept) -> None:
             assert len(start) == 1, (lv.density, part_metrics)
             end = printed.index("", start[0])
             block = printed[start[0] + 2 : end]
-            assert len(block) == len(lv.arms) + len(DELTAS)
-            for mine, theirs in DELTAS:
+            assert len(block) == len(lv.arms) + len(lv.contrasts)
+            for pair, contrast in lv.contrasts.items():
                 cells = []
                 for m in part_metrics:
-                    diffs = [records[mine][s][m] - records[theirs][s][m] for s in SEEDS]
-                    cells.append(_shown(*_t95(diffs), signed=True))
-                row = f"| {mine} - {theirs} | paired | " + " | ".join(cells) + " |"
+                    p = contrast.figures[m]
+                    cells.append(
+                        _shown(p.mean, p.low, p.high, signed=True, shown=p.shown)
+                        if p.spread
+                        else f"{100 * p.mean:+.1f}"
+                    )
+                row = f"| {pair} | paired | {contrast.setting} | " + " | ".join(cells) + " |"
                 assert row in block, row
     assert checked == len(LEVELS) * len(DELTAS) * len(metrics)
+    # Holm over the whole test table (every level, contrast and metric with a spread), the
+    # validation table apart: recomputed by hand.
+    for val in (False, True):
+        family = [
+            p
+            for lv in levels
+            for c in lv.contrasts.values()
+            for m, p in c.figures.items()
+            if m.startswith("val/") == val and p.spread
+        ]
+        order = sorted(range(len(family)), key=lambda i: family[i].p_t)
+        running = 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (len(family) - rank) * family[i].p_t))
+            assert family[i].p_holm == pytest.approx(running, abs=1e-12)
+            assert family[i].family == len(family)
+    # Verdicts: one line per headline contrast of each level, from the corrected figures.
+    for lv in levels:
+        assert lv.verdicts and all(v.startswith(f"{lv.density:g}: ") for v in lv.verdicts)
+        if SEARCHED in lv.arms:
+            assert any("MOON's auto-tuning" in v for v in lv.verdicts)
+            assert all("selected on these seeds" in v for v in lv.verdicts)
+
+
+def _check_paired(got: Paired, diffs: list[float]) -> None:
+    """A paired difference against the per-seed differences, by hand."""
+    assert got.n == len(diffs)
+    assert got.mean == pytest.approx(float(np.mean(diffs)), abs=1e-12)
+    if np.ptp(diffs) == 0:  # no spread: no interval, no p-value, never a star
+        assert not got.spread and math.isnan(got.low) and not got.shown
+        return
+    mean, low, high = _t95(diffs)
+    assert got.low == pytest.approx(low, abs=1e-12)
+    assert got.high == pytest.approx(high, abs=1e-12)
+    assert got.p_t == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue, abs=1e-12)
+
+
+def test_holm_over_a_three_contrast_table_by_hand() -> None:
+    # Three contrasts at one level, one metric: p-values from their per-seed differences,
+    # Holm's adjusted values by hand (sorted p1 <= p2 <= p3: 3 p1, max(., 2 p2), max(., p3)).
+    diffs = {
+        "a - b": [0.05, 0.06, 0.04, 0.05, 0.07],
+        "a - c": [0.01, -0.02, 0.03, 0.00, 0.02],
+        "b - c": [0.02, 0.03, 0.01, 0.00, 0.04],
+    }
+    level = Level(0.05, {}, {})
+    for name, d in diffs.items():
+        mine, theirs = name.split(" - ")
+        level.contrasts[name] = Contrast(mine, theirs, _same(), {"auroc_near": paired_test(d)})
+    _finish_holm([level])
+    p = {n: stats.ttest_1samp(d, 0.0).pvalue for n, d in diffs.items()}
+    (n1, p1), (n2, p2), (n3, p3) = sorted(p.items(), key=lambda kv: kv[1])
+    by_hand = {n1: 3 * p1}
+    by_hand[n2] = max(by_hand[n1], 2 * p2)
+    by_hand[n3] = max(by_hand[n2], p3)
+    for name, want in by_hand.items():
+        got = level.contrasts[name].figures["auroc_near"]
+        assert got.p_holm == pytest.approx(min(1.0, want), abs=1e-12) and got.family == 3
+    assert level.contrasts["a - b"].figures["auroc_near"].shown  # 3 p1 < 0.05
+    assert not level.contrasts["a - c"].figures["auroc_near"].shown
+    # A contrast that is the same on every seed: no interval, no p-value, no star, and it
+    # does not count in the family.
+    level.contrasts["c - c"] = Contrast("c", "c", _same(), {"auroc_near": paired_test([0.02] * 5)})
+    _finish_holm([level])
+    flat = level.contrasts["c - c"].figures["auroc_near"]
+    assert flat.p_holm is None and not flat.shown
+    assert level.contrasts["a - b"].figures["auroc_near"].family == 3
+    table = levels_markdown([level])
+    assert "| c - c | paired | at weights/msp | +2.0 |" in table
+    assert "over the 3 paired comparisons" in table
+
+
+def _same() -> Match:
+    return Match("weights/msp", "weights/msp", SAME)
+
+
+def _finish_holm(levels: list[Level]) -> None:
+    correct([p for lv in levels for c in lv.contrasts.values() for p in c.figures.values()])
 
 
 # -- (c) density is on the front ------------------------------------------------------------
@@ -341,7 +496,7 @@ def test_select_within_a_density_budget(swept) -> None:
     # Its comparison, against the arms trained at 0.05 (and dense), as printed.
     level = level_comparison(state, rows, 0.05, chosen)
     assert level.arms[SEARCHED].run_id == chosen_id
-    assert list(level.arms) == [SEARCHED, *SPARSE_ARMS, "dense"]
+    assert list(level.arms) == ROWS
     at_005 = next(lv for lv in swept["levels"] if lv.density == 0.05)
     for name in (*SPARSE_ARMS, "dense"):
         assert level.arms[name].run_id == at_005.arms[name].run_id
@@ -365,7 +520,8 @@ def test_parent_run_has_the_levels_table(swept) -> None:
     table = load_run_json(client, state.parent_run_id, LEVELS_ARTIFACT)
     expected = levels_table(levels)
     assert table["columns"] == list(expected)
-    assert len(table["data"]) == len(levels) * (5 + len(DELTAS))
+    assert len(table["data"]) == sum(len(lv.arms) + len(lv.contrasts) for lv in levels)
+    assert table["data"] and len(levels) * (len(ROWS) + len(DELTAS) + 2) == len(table["data"])
     for i, row in enumerate(table["data"]):
         for column, value in zip(table["columns"], row, strict=True):
             want = expected[column][i]
@@ -462,11 +618,15 @@ def test_report_shows_tradeoff_and_tables_in_chromium(swept) -> None:
     ]
     assert len(tables) == 2 * len(LEVELS)
     for table, lv in zip(tables, summary["levels"], strict=False):  # the test-part tables
-        assert table[0] == ["arm", "trial", "auroc_near", "accuracy", "ece"]
+        assert table[0] == ["arm", "trial", "test-time", "auroc_near", "accuracy", "ece"]
         arms = [row[0] for row in table[1:]]
         assert arms == [*lv["arms"], *lv["deltas"]]
+        assert [row[2] for row in table[1:]] == [
+            *(a["variant"] for a in lv["arms"].values()),
+            *(c["setting"] for c in lv["contrasts"].values()),
+        ]
         searched = lv["arms"][SEARCHED]["figures"]["auroc_near"]
-        cell = table[1][2]
+        cell = table[1][3]
         low = max(0.0, 100 * searched["low"])  # a bounded figure's interval is shown clipped
         assert cell.startswith(f"{100 * searched['mean']:.2f} [{low:.2f}, ")
     with Image.open(io.BytesIO(drawn)) as png:
