@@ -1,9 +1,10 @@
 """`moonsweep confirm NAME --seeds N` (issue 26) on one small real sweep with two density
-levels (embedded Ray, MLflow and Optuna on SQLite, tiny real trainings; the searched trials
-evaluate a test-time grid, the arms do not): every level's best searched trial and its arms
+levels (embedded Ray, MLflow and Optuna on SQLite, tiny real trainings; every trial
+evaluates a test-time grid): every level's best searched trial and its arms
 get `confirm/` files for exactly the N seeds after the space's, with the figures a training
 by hand gives; a second confirm trains nothing, another N is refused, a deleted seed is the
-only one trained again, and the mistakes are one line and exit 2."""
+only one trained again, the mistakes are one line and exit 2, and `status` and `report`
+then show the confirmed figures, the seeds named."""
 
 from __future__ import annotations
 
@@ -148,13 +149,11 @@ def test_confirmed_records_are_a_training_by_hand_on_those_seeds(swept: dict) ->
         final = seed_records(state, run_id)
         kept, by_hand = retrain_trial(state, run_id, FRESH)
         cfg = validate_config(load_run_json(client, run_id, "trial.json")["configs"][0])
-        if kept is not None:  # a test-time grid (the searched ones): the variant it kept
-            assert kept == final.picked == client.get_run(run_id).data.tags["moonsweep.test_time"]
-            assert records.picked == kept and len(records.variants[FRESH[0]]) == 4
-        else:  # no grid (the arms, here): its one variant, named by its config
-            assert kept is None
-            assert records.picked == variant_name(cfg)
-            assert list(records.variants[FRESH[0]]) == [variant_name(cfg)]
+        # The space's test-time grid (searched trials and arms alike): the variant it kept
+        # when recorded, every variant (2 voting modes x 2 scores) beside it.
+        assert kept is not None
+        assert kept == final.picked == client.get_run(run_id).data.tags["moonsweep.test_time"]
+        assert records.picked == kept and len(records.variants[FRESH[0]]) == 4
         assert records.published == variant_name(cfg)
         assert records.metrics[FRESH[0]] != records.metrics[FRESH[1]]  # seeds that differ
         for seed, metrics in zip(FRESH, by_hand, strict=True):
@@ -224,3 +223,30 @@ def test_the_mistakes_are_one_line_and_exit_2(swept: dict, tmp_path: Path) -> No
     assert proc.stderr.strip().splitlines() == [
         "error: sweep busy is being run by a driver; confirm it once that has ended"
     ]
+
+
+def test_status_and_report_show_the_confirmed_figures(swept: dict) -> None:
+    # Runs last: after the resume above, every confirmed seed is back.
+    workdir, state = swept["workdir"], swept["state"]
+    status = moonsweep("status", "cf", "--workdir", str(workdir), "--json")
+    assert status.returncode == 0, status.stderr[-3000:]
+    levels = json.loads(status.stdout)["levels"]
+    assert [lv["density"] for lv in levels] == LEVELS
+    for lv in levels:
+        assert lv["confirmed_seeds"] == FRESH and lv["seeds_text"] == "confirmed on seeds 1, 2"
+        assert set(lv["arms"]) >= {"searched", "moon_auto", "sparse", "sparse+voting", "dense"}
+        for arm in lv["arms"].values():
+            assert arm["seeds"] == FRESH
+            records = confirmed_records(state, arm["mlflow_run_id"])
+            values = [records.variants[s][arm["variant"]]["auroc_near"] for s in FRESH]
+            assert arm["figures"]["auroc_near"]["mean"] == pytest.approx(sum(values) / 2)
+        assert all("confirmed on seeds 1, 2" in v for v in lv["verdicts"])
+    text = moonsweep("status", "cf", "--workdir", str(workdir))
+    assert text.stdout.count("confirmed on seeds 1, 2") >= len(LEVELS)
+    assert "selected on these seeds" not in text.stdout
+    report = moonsweep("report", "cf", "--workdir", str(workdir))
+    assert report.returncode == 0, report.stderr[-3000:]
+    summary = json.loads((workdir / "cf" / "report" / "report.json").read_text())
+    assert [lv["confirmed_seeds"] for lv in summary["levels"]] == [FRESH, FRESH]
+    page = (workdir / "cf" / "report" / "report.html").read_text()
+    assert page.count("confirmed on seeds 1, 2") >= len(LEVELS)
