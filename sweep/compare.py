@@ -552,7 +552,8 @@ def comparison_html(c: Comparison, images: dict[str, bytes], generated: str) -> 
     parts.append(
         f"<p class=note>Points (x100); mean and {int(CONFIDENCE * 100)}% t-interval over the "
         "seeds; paired deltas are per seed (later sweep minus the first, same arm, same "
-        "seed; * where the interval excludes 0).</p>"
+        "seed, both at one shared test-time setting, named in the row; * where Holm's "
+        "correction over the comparison's table leaves p < 0.05).</p>"
     )
     for part, label in (("test", "test parts"), ("val", "validation parts")):
         tables = []

@@ -475,7 +475,8 @@ def verdicts(level: Level, metric: str, maximize: bool) -> list[str]:
 def points_cell(interval: Interval | None, signed: bool = False) -> str:
     """A table cell in points (x100, one decimal): `mean [low, high]`; a `signed` paired
     difference gets a * where Holm's correction shows it (`Paired.shown`; a plain interval:
-    where it excludes 0), and no interval where it has no spread; `-` when missing.
+    where it excludes 0: a cross-check, not a test), and no interval where it has no spread;
+    `-` when missing.
 
     >>> points_cell(Paired(0.012, 0.004, 0.02, 5, 0.01, None, 0.03, 4), signed=True)
     '+1.2* [+0.4, +2.0]'
