@@ -288,6 +288,10 @@ def _level(
     fresh = [bool(r.variants) and not set(r.variants) & own for r in records_of.values()]
     if any(fresh) and not all(fresh):  # a confirmation cut short: every row on its own seeds
         records_of = {n: seed_records(state, row["mlflow_run_id"]) for n, row in chosen.items()}
+    # The confirmation seeds, when every row's figures come from seeds the sweep did not train.
+    confirmed = (
+        sorted({s for r in records_of.values() for s in r.variants}) if fresh and all(fresh) else []
+    )
     arms: dict[str, LevelArm] = {}
     for name, row in chosen.items():
         records = records_of[name]
@@ -309,21 +313,13 @@ def _level(
         _contrasts(ordered, metrics, pick_rule(state)),
         note,
         searched_done,
-        confirmed=_confirmed(state, ordered),
+        confirmed=confirmed,
     )
 
 
 def _names(records: SeedRecords) -> list[str]:
     seeds = list(records.variants.values())
     return list(seeds[0]) if seeds else []
-
-
-def _confirmed(state: SweepState, arms: Mapping[str, LevelArm]) -> list[int]:
-    """The confirmation seeds (`moonsweep confirm`), when every row's figures come from
-    seeds the sweep itself did not train on."""
-    own = {int(s) for s in state.space.get("seeds", [])}
-    seeds = {s for a in arms.values() for s in a.per_seed}
-    return sorted(seeds) if seeds and not seeds & own else []
 
 
 def _arm(
